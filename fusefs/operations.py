@@ -1,0 +1,262 @@
+"""The pyfuse3 adapter: the only place where errors become errnos for the kernel.
+
+Every handler answers ``FUSEError(errno)``; an unexpected exception is logged and answered
+with EIO so that one bad request never takes the mount down.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+
+from .overlay import Attr, Caller, Overlay
+
+log = logging.getLogger(__name__)
+
+#: Lower layers never change and every change to upper passes through us, so the kernel
+#: may keep what we tell it for as long as it likes (fuse-overlayfs does the same).
+TIMEOUT = 86400.0
+#: ENOENT answers are cached too (a PATH search asks the same misses over and over).
+NEGATIVE_TIMEOUT = 86400.0
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def fuse_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("fusefs: unexpected error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def entry_from(a: Attr) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = a.ino
+    e.generation = 0
+    e.entry_timeout = TIMEOUT
+    e.attr_timeout = TIMEOUT
+    e.st_mode = a.mode
+    e.st_nlink = a.nlink
+    e.st_uid = a.uid
+    e.st_gid = a.gid
+    e.st_rdev = a.rdev
+    e.st_size = a.size
+    e.st_blksize = a.blksize
+    e.st_blocks = a.blocks
+    e.st_atime_ns = a.atime_ns
+    e.st_mtime_ns = a.mtime_ns
+    e.st_ctime_ns = a.ctime_ns
+    return e
+
+
+def _caller(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(ctx.uid, ctx.gid)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Overlay) -> None:
+        super().__init__()
+        self.fs = fs
+
+    def _entry(self, node: Any) -> pyfuse3.EntryAttributes:
+        return entry_from(self.fs.getattr(node))
+
+    def _ref_entry(self, node: Any) -> pyfuse3.EntryAttributes:
+        e = self._entry(node)
+        self.fs.ref(node)
+        return e
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        try:
+            node = self.fs.lookup(self.fs.get(parent_inode), name)
+        except FileNotFoundError:
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = 0
+            e.entry_timeout = NEGATIVE_TIMEOUT
+            return e
+        return self._ref_entry(node)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            try:
+                self.fs.forget(ino, n)
+            except Exception:
+                log.exception("fusefs: forget(%d) failed", ino)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._entry(self.fs.get(inode))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        node = self.fs.get(inode)
+        self.fs.setattr(
+            node,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            fh=fh,
+        )
+        return self._entry(node)
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return self.fs.readlink(self.fs.get(inode))
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._ref_entry(self.fs.mknod(self.fs.get(parent_inode), name, mode, rdev, _caller(ctx)))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._ref_entry(self.fs.mkdir(self.fs.get(parent_inode), name, mode, _caller(ctx)))
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.fs.unlink(self.fs.get(parent_inode), name)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.fs.rmdir(self.fs.get(parent_inode), name)
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._ref_entry(self.fs.symlink(self.fs.get(parent_inode), name, target, _caller(ctx)))
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: Any) -> None:
+        self.fs.rename(self.fs.get(parent_inode_old), name_old, self.fs.get(parent_inode_new), name_new, flags)
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._ref_entry(self.fs.link(self.fs.get(inode), self.fs.get(new_parent_inode), new_name))
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        fh = self.fs.open(self.fs.get(inode), flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node, fh = self.fs.create(self.fs.get(parent_inode), name, mode, flags, _caller(ctx))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._ref_entry(node)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.fs.read(fh, off, size)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self.fs.write(fh, off, buf)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        self.fs.release(fh)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.fs.fsync(fh, datasync)
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        return self.fs.opendir(self.fs.get(inode))
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        fs = self.fs
+        h = fs.refresh_dir(fh) if start_id == 0 else fs.dir_handle(fh)
+        node = h.node
+        # Offsets 1 and 2 are "." and ".."; entry i of the snapshot has offset i + 3.
+        if start_id < 1:
+            if not pyfuse3.readdir_reply(token, b".", self._entry(node), 1):
+                return
+        if start_id < 2:
+            parent = node.names[0][0] if node.names else fs.root
+            if not pyfuse3.readdir_reply(token, b"..", self._entry(parent), 2):
+                return
+            # The kernel takes no reference for "." and "..": nothing to count.
+        for i in range(max(0, start_id - 2), len(h.entries)):
+            name, _kind = h.entries[i]
+            try:
+                child = fs.lookup(node, name)
+            except FileNotFoundError:
+                continue  # removed since the snapshot was taken
+            try:
+                attrs = self._entry(child)
+            except FileNotFoundError:
+                fs.drop_if_unused(child)
+                continue
+            if not pyfuse3.readdir_reply(token, name, attrs, i + 3):
+                fs.drop_if_unused(child)
+                return
+            fs.ref(child)
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self.fs.releasedir(fh)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.fs.flush_metadata(durable=True)
+
+    @fuse_errors
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        sv = self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
+            setattr(out, attr, getattr(sv, attr))
+        out.f_namemax = 255
+        return out
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return self.fs.getxattr(self.fs.get(inode), name)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return self.fs.listxattr(self.fs.get(inode))
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self.fs.setxattr(self.fs.get(inode), name, value)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self.fs.removexattr(self.fs.get(inode), name)
+
+    @fuse_errors
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return True  # default_permissions: the kernel already checked
+
+    def destroy(self) -> None:
+        try:
+            self.fs.close()
+        except Exception:
+            log.exception("fusefs: closing the union failed")
+
