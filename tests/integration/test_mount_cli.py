@@ -1,0 +1,146 @@
+"""The fusefs command as users and podman call it: mount, unmount, errors before mounting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, fusefs_cmd, is_mounted, wait_daemon_gone
+
+pytestmark = pytest.mark.fuse
+
+
+def layers(tmp_path):
+    low, up, wk, mnt = (tmp_path / n for n in ("low", "up", "wk", "mnt"))
+    for d in (low, up, wk, mnt):
+        d.mkdir()
+    (low / "hello").write_text("world")
+    return low, up, wk, mnt
+
+
+def run(*args, **kw):
+    return subprocess.run(fusefs_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=60, **kw)
+
+
+def test_mount_returns_when_ready_and_fusermount_unmounts(tmp_path):
+    low, up, wk, mnt = layers(tmp_path)
+    # Options podman passes to a mount_program are accepted.
+    r = run("-o", f"lowerdir={low},upperdir={up},workdir={wk},fsync=0,userxattr,context=\"x\"", str(mnt))
+    assert r.returncode == 0, r.stderr
+    assert (mnt / "hello").read_text() == "world"
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    wait_daemon_gone(mnt)
+    assert not is_mounted(mnt)
+
+
+def test_console_script_and_sigterm(tmp_path):
+    low, up, wk, mnt = layers(tmp_path)
+    exe = os.path.join(os.path.dirname(sys.executable), "fusefs")
+    proc = subprocess.Popen([exe, "-f", "-o", f"lowerdir={low},upperdir={up},workdir={wk}", str(mnt)])
+    try:
+        deadline = time.monotonic() + 20
+        while not is_mounted(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        (mnt / "made").write_text("x")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not is_mounted(mnt)
+    assert (up / "made").read_text() == "x"
+
+
+@pytest.mark.parametrize("case", ["missing-lower", "other-fs-workdir", "busy-mountpoint", "no-lowerdir",
+                                  "upper-without-work", "missing-mountpoint"])
+def test_clear_error_before_mounting(tmp_path, case):
+    low, up, wk, mnt = layers(tmp_path)
+    opts = f"lowerdir={low},upperdir={up},workdir={wk}"
+    target = str(mnt)
+    busy = None
+    if case == "missing-lower":
+        opts = f"lowerdir={tmp_path}/nope:{low},upperdir={up},workdir={wk}"
+        expect = "nope"
+    elif case == "other-fs-workdir":
+        other = "/dev/shm" if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(up).st_dev else None
+        if other is None:
+            pytest.skip("no second filesystem to put a workdir on")
+        opts = f"lowerdir={low},upperdir={up},workdir={other}"
+        expect = "same filesystem"
+    elif case == "busy-mountpoint":
+        busy = run("-o", opts, target)
+        assert busy.returncode == 0
+        expect = "already in use"
+    elif case == "no-lowerdir":
+        opts = f"upperdir={up},workdir={wk}"
+        expect = "lowerdir"
+    elif case == "upper-without-work":
+        opts = f"lowerdir={low},upperdir={up}"
+        expect = "workdir"
+    else:
+        target = str(tmp_path / "absent")
+        expect = "mkdir"
+    try:
+        r = run("-o", opts, target)
+        assert r.returncode != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fusefs: ") and expect in lines[0], r.stderr
+    finally:
+        if busy is not None:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+            wait_daemon_gone(mnt)
+
+
+@pytest.mark.userns
+def test_mount_inside_user_namespace_and_umount(tmp_path):
+    low, up, wk, mnt = layers(tmp_path)
+    script = f"""
+set -e
+{sys.executable} -m fusefs -o lowerdir={low},upperdir={up},workdir={wk} {mnt}
+cat {mnt}/hello
+echo new > {mnt}/new
+chown 0:0 {mnt}/new
+umount {mnt}
+for i in $(seq 100); do pgrep -f "fusefs .*{mnt}$" >/dev/null || break; sleep 0.05; done
+! pgrep -f "fusefs .*{mnt}$"
+"""
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("world")
+    assert (up / "new").read_text() == "new\n"
+
+
+def test_kill_9_during_copy_up_leaves_no_partial_file(tmp_path):
+    low, up, wk, mnt = layers(tmp_path)
+    big = low / "big"
+    with open(big, "wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(400):
+            f.write(block)
+    r = run("-o", f"lowerdir={low},upperdir={up},workdir={wk}", str(mnt))
+    assert r.returncode == 0
+    pid = int(subprocess.run(["pgrep", "-f", f"fusefs .*{mnt}$"], capture_output=True, text=True).stdout.split()[0])
+    writer = subprocess.Popen([sys.executable, "-c", f"open({str(mnt / 'big')!r}, 'ab').write(b'x')"],
+                              stderr=subprocess.DEVNULL)
+    time.sleep(0.15)
+    os.kill(pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+    if (up / "big").exists():  # the copy-up finished before the kill: then it is whole
+        assert os.path.getsize(up / "big") in (400 << 20, (400 << 20) + 1)
+    assert not [p for p in up.iterdir() if p.name != "big"]
+    r = run("-o", f"lowerdir={low},upperdir={up},workdir={wk}", str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.listdir(wk / "fusefs-stage") == [], "staged leftovers are cleaned at mount"
+        assert os.path.getsize(mnt / "big") in (400 << 20, (400 << 20) + 1)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        wait_daemon_gone(mnt)
