@@ -8,3 +8,4 @@ mount changed, for a commit into an OCI layer.
 
 from .overlay import Overlay as Overlay
 from .metadata import Owner as Owner
+from .changes import Change as Change, list_changes as list_changes
