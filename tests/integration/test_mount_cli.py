@@ -144,3 +144,46 @@ def test_kill_9_during_copy_up_leaves_no_partial_file(tmp_path):
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
         wait_daemon_gone(mnt)
+
+
+@pytest.mark.userns
+@pytest.mark.slow
+def test_podman_uses_fusefs_as_its_mount_program(tmp_path):
+    """podman's overlay driver with mount_program=fusefs: the container's root is our mount."""
+    import shutil
+    import tarfile
+
+    if shutil.which("podman") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("podman is missing (scripts/setup installs it)")
+        pytest.skip("podman is not installed")
+    wrapper = tmp_path / "fusefs-wrap"
+    log = tmp_path / "args.log"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {sys.executable} -m fusefs "$@"\n')
+    wrapper.chmod(0o755)
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tar:
+        tar.add("/bin/busybox" if os.path.exists("/bin/busybox") else sys.executable, "bin/busybox")
+    env = dict(os.environ, HOME=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path / "xdg"),
+               XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    (tmp_path / "xdg").mkdir(mode=0o700)
+    import tempfile
+    runroot = tempfile.mkdtemp(prefix="fusefs-run.")  # podman wants a runroot under 50 characters
+    podman = ["podman", "--root", str(tmp_path / "storage"), "--runroot", runroot,
+              "--storage-driver", "overlay", "--storage-opt", f"overlay.mount_program={wrapper}",
+              "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+    p = " ".join(podman)
+    r = subprocess.run(podman + ["import", str(rootfs), "localhost/fusefs-test"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    script = (f'id=$({p} create localhost/fusefs-test /bin/busybox) && m=$({p} mount "$id") && '
+              f'ls "$m/bin" && echo written > "$m/newfile" && {p} umount "$id" >/dev/null && ls "$(dirname "$m")/diff"')
+    try:
+        r = subprocess.run(podman + ["unshare", "sh", "-c", script], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["busybox", "newfile"]
+        assert "lowerdir=" in log.read_text()
+    finally:
+        subprocess.run(podman + ["unshare", "rm", "-rf", str(tmp_path / "storage"), runroot],
+                       env=env, capture_output=True, timeout=120)
