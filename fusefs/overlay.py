@@ -48,7 +48,8 @@ def _err(code: int) -> OSError:
 class Node:
     """One inode of the union, alive while the kernel (or an open file) refers to it."""
 
-    __slots__ = ("ino", "kind", "layer", "dirlayers", "names", "children", "nlookup", "handles", "nsubdirs")
+    __slots__ = ("ino", "kind", "layer", "dirlayers", "names", "children", "nlookup", "handles", "nsubdirs",
+                 "cached")
 
     def __init__(self, ino: int, kind: int, layer: int, dirlayers: tuple[int, ...]) -> None:
         self.ino = ino
@@ -60,6 +61,9 @@ class Node:
         self.nlookup = 0
         self.handles: set[FileHandle] = set()
         self.nsubdirs: int | None = None  # cached count of subdirectories, for st_nlink
+        #: The FUSE adapter's cache of this node's reply while it lives in a lower layer
+        #: (immutable there); cleared when the node is copied up.
+        self.cached: object | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -426,6 +430,7 @@ class Overlay:
             self._record(dst, rel, st.st_mode, want)
         new_st = os.lstat(dst)
         node.layer = 0
+        node.cached = None
         if node.is_dir:
             node.dirlayers = (0,) + node.dirlayers
         self._register(node, 0, new_st.st_ino)
@@ -608,6 +613,7 @@ class Overlay:
             del parent.children[name]
         if (parent, name) in node.names:
             node.names.remove((parent, name))
+        node.cached = None
         if node.is_dir:
             parent.nsubdirs = None
 

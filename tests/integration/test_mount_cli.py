@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, fusefs_cmd, is_mounted, wait_daemon_gone
+from mounts import REPO, fusefs_cmd, is_mounted, wait_daemon_gone
 
 pytestmark = pytest.mark.fuse
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO
+from mounts import REPO
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns]
 

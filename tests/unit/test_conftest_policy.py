@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import conftest
+import capabilities
 import pytest
-from conftest import is_strict, verdict
+from capabilities import is_strict, verdict
+
+CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
 
 def test_present_capability_runs_everywhere() -> None:
@@ -39,7 +41,8 @@ def test_strictness_comes_from_ci_or_an_explicit_switch() -> None:
 
 def test_hook_skips_or_fails_a_marked_test(pytester: pytest.Pytester) -> None:
     """End to end through the real tests/conftest.py, with fusermount3 off PATH."""
-    pytester.makeconftest(Path(conftest.__file__).read_text())
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makepyfile(capabilities=Path(capabilities.__file__).read_text())
     pytester.makeini("[pytest]\nmarkers =\n    fuse: x\n    userns: x\n    registry: x\n")
     pytester.makepyfile("import pytest\n\n@pytest.mark.fuse\ndef test_needs_fuse():\n    pass\n")
     empty_path = pytester.mkdir("empty-path")
