@@ -218,7 +218,9 @@ def serve(mo: MountOptions, fs, ready_fd: int | None = None) -> int:
 
             nursery.start_soon(on_signals)
             nursery.start_soon(flush_metadata)
-            await pyfuse3.main(min_tasks=1, max_tasks=int(os.environ.get('FUSEFS_TASKS', '1')))
+            # Handlers never await (local syscalls are answered inline), so one task serves
+            # every request; more would only hand the read lock back and forth.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
     try:
