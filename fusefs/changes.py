@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from . import whiteout
 from .metadata import Owner, OwnerTable
@@ -30,7 +30,7 @@ class Change:
     source: bytes = b""    # where the content is on disk (in the upper layer)
 
 
-def list_changes(upper: bytes | str, lowers: list[bytes] | list[str] = ()) -> Iterator[Change]:
+def list_changes(upper: bytes | str, lowers: Sequence[bytes | str] = ()) -> Iterator[Change]:
     """Yield the changes recorded in UPPER, parents before children, names sorted."""
     root = os.fsencode(os.path.abspath(upper))
     lower_roots = [os.fsencode(os.path.abspath(p)) for p in lowers]

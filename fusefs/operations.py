@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import pyfuse3
 
@@ -98,7 +98,7 @@ class Operations(pyfuse3.Operations):
             return e
         return self._ref_entry(node)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             try:
                 self.fs.forget(ino, n)
