@@ -1,0 +1,1 @@
+"""Images: references, manifests, the registry client and the content-addressed store."""
