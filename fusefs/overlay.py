@@ -373,8 +373,10 @@ class Overlay:
         return list(self._merged(node, self.rel(node)))
 
     def opendir(self, node: Node) -> int:
-        h = DirHandle(node, self.listdir(node))
-        return self._new_handle(h)
+        """A handle whose snapshot is taken by the first read at offset 0 (refresh_dir)."""
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        return self._new_handle(DirHandle(node))
 
     def refresh_dir(self, fh: int) -> DirHandle:
         h = self.dir_handle(fh)
@@ -421,13 +423,14 @@ class Overlay:
         try:
             copy_object(src_layer.path(rel), staged, st, with_data=with_data)
             want = owner or Owner(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-            self._record(staged, rel, st.st_mode, want, staged=True)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                self._record(staged, rel, want, fresh=True)  # an xattr: it moves with the rename
             os.rename(staged, dst)
         except BaseException:
             _remove_quietly(staged)
             raise
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-            self._record(dst, rel, st.st_mode, want)
+            self._record(dst, rel, want)  # a side-table entry, keyed by the final name
         new_st = os.lstat(dst)
         node.layer = 0
         node.cached = None
@@ -493,14 +496,19 @@ class Overlay:
 
     # -- recording owners --------------------------------------------------------------------
 
-    def _record(self, path: bytes, rel: bytes, mode: int, want: Owner, *, staged: bool = False) -> None:
-        """Record WANT for the upper file at PATH where it differs from what the disk shows."""
+    def _record(self, path: bytes, rel: bytes, want: Owner, *, st: os.stat_result | None = None,
+                fresh: bool = False) -> None:
+        """Record WANT for the upper file at PATH where it differs from what the disk shows.
+
+        FRESH: the file was just created, so there is no old record to remove.
+        """
         upper = self._require_upper()
-        st = os.lstat(path)
-        physical = Owner(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-        if staged and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            return  # side-table entries are keyed by the final name; recorded after the rename
-        upper.owners.set(path, rel, st.st_mode, None if want == physical else want)
+        if st is None:
+            st = os.lstat(path)
+        if want != Owner(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)):
+            upper.owners.set(path, rel, st.st_mode, want)
+        elif not fresh:
+            upper.owners.set(path, rel, st.st_mode, None)
 
     def _new_owner(self, parent: Node, caller: Caller, mode: int) -> Owner:
         gid = caller.gid
@@ -532,8 +540,8 @@ class Overlay:
         return rel, upper.path(rel), replaced
 
     def _finish_new(self, parent: Node, name: bytes, path: bytes, rel: bytes, want: Owner) -> Node:
-        self._record(path, rel, want.mode | stat.S_IFMT(os.lstat(path).st_mode), want)
         st = os.lstat(path)
+        self._record(path, rel, want, st=st, fresh=True)
         dirlayers = (0,) if stat.S_ISDIR(st.st_mode) else ()
         # A fresh inode: a stale mapping of a deleted file with the same disk inode must not match.
         self._forget_upper_key(st.st_ino)
@@ -792,7 +800,7 @@ class Overlay:
                          cur.mode if mode is None else stat.S_IMODE(mode))
             if mode is not None and not stat.S_ISLNK(node.kind):
                 os.chmod(path, (want.mode & 0o777) | (0o700 if node.is_dir else 0o600), follow_symlinks=False)
-            self._record(path, rel, node.kind, want)
+            self._record(path, rel, want)
         if atime_ns is not None or mtime_ns is not None:
             st = os.lstat(path)
             os.utime(path, ns=(atime_ns if atime_ns is not None else st.st_atime_ns,
