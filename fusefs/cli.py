@@ -8,7 +8,6 @@ in the foreground with ``-f``.  ``fusermount3 -u``, ``umount`` or SIGTERM end it
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -198,7 +197,6 @@ def serve(mo: MountOptions, fs, ready_fd: int | None = None) -> int:
     terminated = False
 
     async def run() -> None:
-        nonlocal terminated
         async with trio.open_nursery() as nursery:
             async def on_signals() -> None:
                 nonlocal terminated

@@ -15,17 +15,16 @@ import itertools
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import whiteout
 from .copyup import copy_object
 from .layers import ABSENT, WHITEOUT, Layer, check_directory
 from .metadata import OVERRIDE_XATTR, Owner, is_private_xattr
+from .nodes import ROOT_INO, Attr, Caller, DirHandle, FileHandle, Node
 
 log = logging.getLogger(__name__)
 
-ROOT_INO = 1
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -43,75 +42,6 @@ def renameat2(old: bytes, new: bytes, flags: int) -> None:
 
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
-
-
-class Node:
-    """One inode of the union, alive while the kernel (or an open file) refers to it."""
-
-    __slots__ = ("ino", "kind", "layer", "dirlayers", "names", "children", "nlookup", "handles", "nsubdirs",
-                 "cached")
-
-    def __init__(self, ino: int, kind: int, layer: int, dirlayers: tuple[int, ...]) -> None:
-        self.ino = ino
-        self.kind = kind                  # S_IFMT bits
-        self.layer = layer                # index of the top layer holding it (0 = upper)
-        self.dirlayers = dirlayers        # for a directory: the layers merged into it, top first
-        self.names: list[tuple[Node, bytes]] = []   # (parent, name); several for hard links
-        self.children: dict[bytes, Node] = {}       # live children by name
-        self.nlookup = 0
-        self.handles: set[FileHandle] = set()
-        self.nsubdirs: int | None = None  # cached count of subdirectories, for st_nlink
-        #: The FUSE adapter's cache of this node's reply while it lives in a lower layer
-        #: (immutable there); cleared when the node is copied up.
-        self.cached: object | None = None
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == stat.S_IFDIR
-
-    @property
-    def unlinked(self) -> bool:
-        return not self.names and self.ino != ROOT_INO
-
-    def __repr__(self) -> str:
-        return f"<Node {self.ino} layer={self.layer} names={[n for _, n in self.names]}>"
-
-
-@dataclass(eq=False)
-class FileHandle:
-    node: Node
-    fd: int
-    flags: int  # O_RDONLY / O_WRONLY / O_RDWR, as the physical file was opened
-
-
-@dataclass(eq=False)
-class DirHandle:
-    node: Node
-    entries: list[tuple[bytes, int]] = field(default_factory=list)  # (name, S_IFMT)
-
-
-@dataclass(frozen=True)
-class Attr:
-    """What stat shows for a node: physical attributes with the recorded owner applied."""
-
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    rdev: int
-    size: int
-    blksize: int
-    blocks: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-
-
-@dataclass(frozen=True)
-class Caller:
-    uid: int
-    gid: int
 
 
 class Overlay:
@@ -474,7 +404,6 @@ class Overlay:
 
     def copy_up_tree(self, node: Node) -> None:
         """Copy a whole directory into upper and make it opaque: it can then move anywhere."""
-        upper = self._require_upper()
         if node.dirlayers == (0,):
             return
         path = self.copy_up(node)
@@ -492,7 +421,6 @@ class Overlay:
         whiteout.mark_opaque(path)
         node.dirlayers = (0,)
         node.nsubdirs = None
-        del upper
 
     # -- recording owners --------------------------------------------------------------------
 
@@ -774,7 +702,7 @@ class Overlay:
     def setattr(self, node: Node, *, size: int | None = None, mode: int | None = None,
                 uid: int | None = None, gid: int | None = None,
                 atime_ns: int | None = None, mtime_ns: int | None = None, fh: int | None = None) -> None:
-        upper = self._require_upper()
+        self._require_upper()
         handle = self._handles.get(fh) if fh is not None else None
         if node.unlinked:
             fd = handle.fd if isinstance(handle, FileHandle) else next(iter(node.handles)).fd
