@@ -12,7 +12,7 @@ class Node:
     """One inode of the union, alive while the kernel (or an open file) refers to it."""
 
     __slots__ = ("ino", "kind", "layer", "dirlayers", "names", "children", "nlookup", "handles", "nsubdirs",
-                 "cached")
+                 "cached", "ghost")
 
     def __init__(self, ino: int, kind: int, layer: int, dirlayers: tuple[int, ...]) -> None:
         self.ino = ino
@@ -27,6 +27,9 @@ class Node:
         #: The FUSE adapter's cache of this node's reply while it lives in a lower layer
         #: (immutable there); cleared when the node is copied up.
         self.cached: object | None = None
+        #: For a removed directory still held open: what stat shows (st_nlink 0); its
+        #: disk copy is gone, so fchmod and futimens change only this.
+        self.ghost: Attr | None = None
 
     @property
     def is_dir(self) -> bool:

@@ -10,6 +10,7 @@ directories are never redirected.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import itertools
 import logging
@@ -258,6 +259,8 @@ class Overlay:
         return self._attr(node, st, owner, nlink)
 
     def _fd_attr(self, node: Node) -> Attr:
+        if node.ghost is not None:
+            return node.ghost
         for h in node.handles:
             st = os.fstat(h.fd)
             owner = None
@@ -300,6 +303,8 @@ class Overlay:
     def listdir(self, node: Node) -> list[tuple[bytes, int]]:
         if not node.is_dir:
             raise _err(errno.ENOTDIR)
+        if node.unlinked:
+            return []  # a removed directory read through a descriptor still held: empty
         return list(self._merged(node, self.rel(node)))
 
     def opendir(self, node: Node) -> int:
@@ -574,6 +579,8 @@ class Overlay:
         lower_has = self._lower_has(parent, name)
         parent_path = self.copy_up(parent)
         rel = self.join(self.rel(parent), name)
+        if node.is_dir:
+            node.ghost = dataclasses.replace(self.getattr(node), nlink=0)
         if node.layer == 0:
             path = upper.path(rel)
             st = os.lstat(path)
@@ -705,6 +712,20 @@ class Overlay:
         self._require_upper()
         handle = self._handles.get(fh) if fh is not None else None
         if node.unlinked:
+            if node.ghost is not None:
+                g = node.ghost
+                node.ghost = dataclasses.replace(
+                    g, mode=stat.S_IFMT(g.mode) | stat.S_IMODE(mode) if mode is not None else g.mode,
+                    uid=g.uid if uid is None else uid, gid=g.gid if gid is None else gid,
+                    atime_ns=g.atime_ns if atime_ns is None else atime_ns,
+                    mtime_ns=g.mtime_ns if mtime_ns is None else mtime_ns)
+                return
+            if not node.handles:
+                raise _err(errno.ENOENT)
+            if node.layer != 0:
+                # The only copy is in a read-only lower layer and its name is gone, so there is
+                # nowhere to copy it up to; kernel overlayfs refuses this the same way.
+                raise _err(errno.EEXIST)
             fd = handle.fd if isinstance(handle, FileHandle) else next(iter(node.handles)).fd
             if size is not None:
                 os.ftruncate(fd, size)
@@ -742,16 +763,21 @@ class Overlay:
 
     # -- xattrs ------------------------------------------------------------------------------
 
-    def _xpath(self, node: Node) -> bytes:
+    def _xpath(self, node: Node) -> bytes | int:
+        """Where a node's xattrs are: its path, or for an unlinked file still open, a descriptor."""
+        if node.unlinked and node.handles:
+            return next(iter(node.handles)).fd
         return self.layers[node.layer].path(self.rel(node))
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
         if is_private_xattr(name):
             raise _err(errno.ENODATA)
-        return os.getxattr(self._xpath(node), name, follow_symlinks=False)
+        where = self._xpath(node)
+        return os.getxattr(where, name, follow_symlinks=isinstance(where, int))
 
     def listxattr(self, node: Node) -> list[bytes]:
-        names = os.listxattr(self._xpath(node), follow_symlinks=False)
+        where = self._xpath(node)
+        names = os.listxattr(where, follow_symlinks=isinstance(where, int))
         out = []
         for n in names:
             b = n.encode() if isinstance(n, str) else n
@@ -762,6 +788,9 @@ class Overlay:
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
         if is_private_xattr(name):
             raise _err(errno.EPERM)
+        if node.unlinked and node.handles and node.layer == 0:
+            os.setxattr(next(iter(node.handles)).fd, name, value, flags)
+            return
         path = self.copy_up(node)
         os.setxattr(path, name, value, flags, follow_symlinks=False)
 
