@@ -139,17 +139,71 @@ class FusefsSide(Side):
 
 # -- operations ---------------------------------------------------------------------------------
 
-def apply(mnt: str, op: dict[str, Any]) -> Outcome:
+class Held:
+    """The one descriptor a scenario keeps open across operations (O_RDONLY, file or directory)."""
+
+    fd: int | None = None
+
+    def replace(self, fd: int | None) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = fd
+
+    def get(self) -> int:
+        if self.fd is None:
+            raise OSError(errno.EBADF, "nothing held")
+        return self.fd
+
+
+def stat_outcome(st: os.stat_result) -> Outcome:
+    if stat.S_ISDIR(st.st_mode):
+        # A live directory's size and nlink are not comparable; a removed one's nlink (0) is.
+        return ["ok", "dir", stat.S_IMODE(st.st_mode), st.st_nlink if st.st_nlink == 0 else None]
+    return ["ok", type_name(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size, st.st_nlink]
+
+
+def apply(mnt: str, op: dict[str, Any], held: Held) -> Outcome:
     """Do OP on the union mounted at MNT; the outcome is what a program would observe."""
-    path = os.path.join(mnt, op["path"])
+    path = os.path.join(mnt, op.get("path", ""))
     kind = op["op"]
     try:
-        if kind == "write":
+        if kind == "hold":
+            held.replace(None)
+            held.replace(os.open(path, os.O_RDONLY))
+        elif kind == "fstat_held":
+            return stat_outcome(os.fstat(held.get()))
+        elif kind == "read_held":
+            fd = held.get()
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                return ["ok", sorted(n for n in os.listdir(fd) if not is_phantom(n, fd))]
+            return ["ok", os.pread(fd, 1 << 16, 0).decode("latin-1")]
+        elif kind == "fchmod_held":
+            os.fchmod(held.get(), op["mode"])
+        elif kind == "futime_held":
+            os.utime(held.get(), ns=(op["atime_ns"], op["mtime_ns"]))
+            st = os.fstat(held.get())
+            return ["ok", st.st_atime_ns, st.st_mtime_ns]
+        elif kind == "fsetxattr_held":
+            os.setxattr(held.get(), "user.x", op["value"].encode())
+        elif kind == "write":
             fd = os.open(path, os.O_WRONLY)
             try:
                 return ["ok", os.pwrite(fd, op["data"].encode(), op["offset"])]
             finally:
                 os.close(fd)
+        elif kind == "overwrite":
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            try:
+                return ["ok", os.write(fd, op["data"].encode())]
+            finally:
+                os.close(fd)
+        elif kind == "read":
+            with open(path, "rb") as f:
+                return ["ok", f.read().decode("latin-1")]
+        elif kind == "stat":
+            return stat_outcome(os.lstat(path))
+        elif kind == "readdir":
+            return ["ok", sorted(name for name in os.listdir(path) if not is_phantom(os.path.join(path, name)))]
         elif kind == "append":
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             try:
@@ -192,10 +246,77 @@ def apply(mnt: str, op: dict[str, Any]) -> Outcome:
     return ["ok"]
 
 
+def is_phantom(path: str, dir_fd: int | None = None) -> bool:
+    """A name readdir shows but lookup denies: the kernel's whiteouts in unmerged directories."""
+    try:
+        os.lstat(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def is_kernel_dir_rename_refusal(op: dict[str, Any], outcome: Outcome) -> bool:
     """Kernel overlayfs without redirect_dir (always so with userxattr) will not move a lower or
     merged directory; fusefs copies the tree up and moves it.  Neither is applied."""
     return op["op"] == "rename" and outcome == ["err", "EXDEV"]
+
+
+class Pair:
+    """Which names are still the lower hard-link pair, and whether the kernel has broken it.
+
+    Kernel overlayfs without index=on copies up one name of a hard-linked lower file as a
+    new inode, leaving the others below; fusefs copies up all names as one inode.  Names
+    are followed through the operations, not by looking at either mount, so that the
+    comparison adds no lookups of its own between operations.
+    """
+
+    def __init__(self, kernel: KernelSide, names: list[str]) -> None:
+        self.upper = kernel.upper
+        self.mnt = kernel.mnt
+        self.names = {rel for rel in names if os.path.lexists(os.path.join(kernel.mnt, rel))}
+        self.broken = False
+        self.held = False  # whether the held descriptor was opened through a name of the pair
+
+    def is_rename_within(self, op: dict[str, Any]) -> bool:
+        """For the kernel two names of the pair are two files (rename moves one over the
+        other); for fusefs they are one inode (rename does nothing, as POSIX says)."""
+        return op["op"] == "rename" and op["path"] in self.names and op["dst"] in self.names
+
+    def observed_by(self, op: dict[str, Any]) -> bool:
+        """Whether OP reads a name of a pair the kernel has broken (through symlinks too)."""
+        kind = op["op"]
+        if kind == "hold":
+            self.held = self._resolves_to_pair(op["path"], follow=True)
+        if kind in ("fstat_held", "read_held"):
+            return self.broken and self.held
+        if kind in ("read", "stat"):
+            return self.broken and self._resolves_to_pair(op["path"], follow=kind == "read")
+        return False
+
+    def _resolves_to_pair(self, rel: str, follow: bool) -> bool:
+        path = os.path.join(self.mnt, rel)
+        return os.path.relpath(os.path.realpath(path) if follow else path, self.mnt) in self.names
+
+    def follow(self, op: dict[str, Any], outcome: Outcome) -> None:
+        if outcome[0] == "ok":
+            kind, src = op["op"], op.get("path", "")
+            if kind == "unlink":
+                self.names.discard(src)
+            elif kind == "link" and src in self.names:
+                self.names.add(op["dst"])
+            elif kind == "rename":
+                dst = op["dst"]
+                self.names.discard(dst)
+                self.names = {dst + rel[len(src):] if rel == src or rel.startswith(src + "/") else rel
+                              for rel in self.names}
+        self.broken = self.broken or any(self._copied_up(rel) for rel in self.names)
+
+    def _copied_up(self, rel: str) -> bool:
+        try:
+            st = os.lstat(os.path.join(self.upper, rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0)
 
 
 # -- snapshots ----------------------------------------------------------------------------------
@@ -217,7 +338,6 @@ def describe(path: str) -> dict[str, Any]:
         "uid": st.st_uid,
         "gid": st.st_gid,
         "nlink": st.st_nlink,
-        "ino": st.st_ino,
     }
     if stat.S_ISREG(st.st_mode):
         with open(path, "rb") as f:
@@ -264,18 +384,6 @@ def snapshot(mnt: str) -> dict[str, Any]:
     return {"entries": entries, "anomalies": anomalies}
 
 
-def upper_objects(upper: str) -> list[str]:
-    """Paths that the kernel's upper layer holds as real objects (whiteouts excluded)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(upper):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
-                out.append(os.path.relpath(full, upper))
-    return sorted(out)
-
-
 # -- one scenario -------------------------------------------------------------------------------
 
 def run(scenario: dict[str, Any], scratch: str) -> dict[str, Any]:
@@ -283,37 +391,75 @@ def run(scenario: dict[str, Any], scratch: str) -> dict[str, Any]:
     base = tempfile.mkdtemp(prefix="diff-", dir=scratch)
     kernel = KernelSide(os.path.join(base, "kernel"), scenario["layers"])
     fusefs = FusefsSide(os.path.join(base, "fusefs"), scenario["layers"])
+    lowers_before = {side: [digest(d) for d in s.lowers] for side, s in (("kernel", kernel), ("fusefs", fusefs))}
+    held = {"kernel": Held(), "fusefs": Held()}
     result: dict[str, Any] = {"steps": []}
     try:
         kernel.mount()
         fusefs.mount()
-        # fusefs keeps inode numbers across copy-up and rename: they tell which names are
-        # still the lower hard-link pair (kernel overlayfs without index=on does not).
-        result["pair_ino"] = [os.lstat(os.path.join(fusefs.mnt, rel)).st_ino for rel in scenario.get("pair", [])]
+        pair = Pair(kernel, scenario.get("pair", []))
         for op in scenario["ops"]:
-            k = apply(kernel.mnt, op)
+            if pair.is_rename_within(op):
+                result["steps"].append({"kernel": None, "fusefs": None,
+                                        "skipped": "rename between two names of the lower hard-link pair"})
+                continue
+            observes_pair = pair.observed_by(op)
+            k = apply(kernel.mnt, op, held["kernel"])
             if is_kernel_dir_rename_refusal(op, k):
                 result["steps"].append({"kernel": k, "fusefs": None, "skipped": "kernel EXDEV on rename"})
                 continue
-            f = apply(fusefs.mnt, op)
-            result["steps"].append({"kernel": k, "fusefs": f})
+            f = apply(fusefs.mnt, op, held["fusefs"])
+            result["steps"].append({"kernel": k, "fusefs": f, "observes_broken_pair": observes_pair})
             if not fusefs.alive():
                 raise RuntimeError(f"fusefs died during {op}: {fusefs.read_log()}")
-            if k != f:
+            if k != f and not observes_pair:
                 break  # the trees have diverged; later outcomes would only echo this one
+            pair.follow(op, k)
+        for h in held.values():
+            h.replace(None)
+        result["pair"] = sorted(pair.names)
+        result["pair_broken"] = pair.broken
         result["kernel"] = snapshot(kernel.mnt)
         result["fusefs"] = snapshot(fusefs.mnt)
-        result["kernel_upper"] = upper_objects(kernel.upper)
         if not fusefs.alive():
             raise RuntimeError(f"fusefs died: {fusefs.read_log()}")
     finally:
+        for h in held.values():
+            h.replace(None)  # an open descriptor would make umount fail with EBUSY
         fusefs.unmount()
         kernel.unmount()
         result["fusefs_log"] = fusefs.read_log() if fusefs.proc is not None else ""
         result["fusefs_exit"] = fusefs.proc.returncode if fusefs.proc is not None else None
+        # A union must never write to its lower layers, whatever was done through it.
+        result["lowers_changed"] = {
+            side: [f"l{i}/{rel}: {before[rel]} -> {after.get(rel)}"
+                   for i, (d, before) in enumerate(zip(s.lowers, lowers_before[side]))
+                   for after in [digest(d)] for rel in sorted(before.keys() | after.keys())
+                   if before.get(rel) != after.get(rel)]
+            for side, s in (("kernel", kernel), ("fusefs", fusefs))}
         # Only root of this namespace can remove the kernel's work/work (mode 000).
         shutil.rmtree(base, ignore_errors=True)
     return result
+
+
+def digest(root: str) -> dict[str, str]:
+    """What a layer holds, atimes aside (reading through a union may update them)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            what = [type_name(st.st_mode), oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid, st.st_nlink,
+                    st.st_mtime_ns, st.st_rdev]
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    what.append(f.read())
+            elif stat.S_ISLNK(st.st_mode):
+                what.append(os.readlink(path))
+            if not stat.S_ISLNK(st.st_mode):
+                what.append({n: os.getxattr(path, n) for n in os.listxattr(path)})
+            out[os.path.relpath(path, root)] = repr(what)
+    return out
 
 
 def main(argv: list[str]) -> int:
