@@ -575,28 +575,35 @@ class Overlay:
         self._remove(parent, name, node)
 
     def _remove(self, parent: Node, name: bytes, node: Node) -> None:
-        upper = self._require_upper()
+        self._require_upper()
         lower_has = self._lower_has(parent, name)
         parent_path = self.copy_up(parent)
         rel = self.join(self.rel(parent), name)
-        if node.is_dir:
-            node.ghost = dataclasses.replace(self.getattr(node), nlink=0)
         if node.layer == 0:
-            path = upper.path(rel)
-            st = os.lstat(path)
-            if node.is_dir:
-                whiteout.clear_dir_markers(path)
-                os.rmdir(path)
-                upper.owners.forget(rel, tree=True)
-            else:
-                os.unlink(path)
-                upper.owners.forget(rel)
-            if st.st_nlink <= 1 or node.is_dir:
-                self._forget_upper_key(st.st_ino)
+            self._delete_upper(node, rel)
+        elif node.is_dir:
+            node.ghost = dataclasses.replace(self.getattr(node), nlink=0)
         if lower_has:
             whiteout.make_whiteout(parent_path, name)
         self._detach(parent, name, node)
         self.drop_if_unused(node)
+
+    def _delete_upper(self, node: Node, rel: bytes) -> None:
+        """Remove NODE's upper copy at REL; a removed directory keeps its attributes for held descriptors."""
+        upper = self._require_upper()
+        path = upper.path(rel)
+        if node.is_dir:
+            node.ghost = dataclasses.replace(self.getattr(node), nlink=0)
+        st = os.lstat(path)
+        if node.is_dir:
+            whiteout.clear_dir_markers(path)
+            os.rmdir(path)
+            upper.owners.forget(rel, tree=True)
+        else:
+            os.unlink(path)
+            upper.owners.forget(rel)
+        if node.is_dir or st.st_nlink <= 1:
+            self._forget_upper_key(st.st_ino)
 
     # -- renaming ----------------------------------------------------------------------------
 
@@ -640,17 +647,7 @@ class Overlay:
         old_rel = self.join(self.rel(old_parent), old_name)
         new_rel = self.join(self.rel(new_parent), new_name)
         if dst is not None and dst.layer == 0:
-            dpath = upper.path(new_rel)
-            dst_st = os.lstat(dpath)
-            if dst.is_dir:
-                whiteout.clear_dir_markers(dpath)
-                os.rmdir(dpath)
-                upper.owners.forget(new_rel, tree=True)
-            else:
-                os.unlink(dpath)
-                upper.owners.forget(new_rel)
-            if dst.is_dir or dst_st.st_nlink <= 1:
-                self._forget_upper_key(dst_st.st_ino)
+            self._delete_upper(dst, new_rel)
         else:
             whiteout.remove_whiteout(new_parent_path, new_name)
         os.rename(upper.path(old_rel), upper.path(new_rel))

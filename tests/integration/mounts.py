@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
@@ -84,3 +85,17 @@ def build_tree(root: Path, tree: dict) -> None:
             os.mknod(p, 0o020000, os.makedev(0, 0))
         else:
             p.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def subid_range(path: str) -> tuple[int, int] | None:
+    """This user's range in /etc/subuid or /etc/subgid: (start, count), or None."""
+    names = {getpass.getuser(), str(os.getuid())}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[0] in names:
+                    return int(parts[1]), int(parts[2])
+    except FileNotFoundError:
+        pass
+    return None

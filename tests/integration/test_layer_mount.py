@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import io
 import os
 import subprocess
@@ -12,23 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mounts import REPO
+from mounts import REPO, subid_range
 from rootless.image.layers import unpack
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns]
-
-
-def subid_range(path: str) -> tuple[int, int] | None:
-    names = {getpass.getuser(), str(os.getuid())}
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.strip().split(":")
-                if len(parts) == 3 and parts[0] in names:
-                    return int(parts[1]), int(parts[2])
-    except FileNotFoundError:
-        pass
-    return None
 
 
 def layer_tar() -> bytes:

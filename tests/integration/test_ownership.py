@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import subprocess
 import sys
@@ -10,22 +9,9 @@ import textwrap
 
 import pytest
 
-from mounts import REPO
+from mounts import REPO, subid_range
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns]
-
-
-def subid_range(path: str) -> tuple[int, int] | None:
-    names = {getpass.getuser(), str(os.getuid())}
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.strip().split(":")
-                if len(parts) == 3 and parts[0] in names:
-                    return int(parts[1]), int(parts[2])
-    except FileNotFoundError:
-        pass
-    return None
 
 
 def in_full_userns(script: str) -> subprocess.CompletedProcess:
