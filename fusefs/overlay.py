@@ -710,6 +710,7 @@ class Overlay:
         handle = self._handles.get(fh) if fh is not None else None
         if node.unlinked:
             if node.ghost is not None:
+                self._check_ghost_writable(node)
                 g = node.ghost
                 node.ghost = dataclasses.replace(
                     g, mode=stat.S_IFMT(g.mode) | stat.S_IMODE(mode) if mode is not None else g.mode,
@@ -753,6 +754,13 @@ class Overlay:
                                mtime_ns if mtime_ns is not None else st.st_mtime_ns),
                      follow_symlinks=False)
 
+    @staticmethod
+    def _check_ghost_writable(node: Node) -> None:
+        """A removed directory that never reached upper has nothing writable left: the kernel
+        answers ENOTDIR there (it cannot copy up a directory without a name), and so do we."""
+        if node.layer != 0:
+            raise _err(errno.ENOTDIR)
+
     def readlink(self, node: Node) -> bytes:
         if node.kind != stat.S_IFLNK:
             raise _err(errno.EINVAL)
@@ -785,9 +793,15 @@ class Overlay:
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
         if is_private_xattr(name):
             raise _err(errno.EPERM)
-        if node.unlinked and node.handles and node.layer == 0:
-            os.setxattr(next(iter(node.handles)).fd, name, value, flags)
-            return
+        if node.unlinked:
+            if node.ghost is not None:
+                self._check_ghost_writable(node)
+                return  # accepted but not kept: the directory is gone from disk
+            if node.layer != 0:
+                raise _err(errno.EEXIST)  # only a lower copy, and no name to copy it up to
+            if node.handles:
+                os.setxattr(next(iter(node.handles)).fd, name, value, flags)
+                return
         path = self.copy_up(node)
         os.setxattr(path, name, value, flags, follow_symlinks=False)
 

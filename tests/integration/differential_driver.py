@@ -5,9 +5,10 @@
 SCENARIO holds two lower layers (top first) and a list of operations.  Each side (kernel
 overlay, fusefs) gets its own freshly built copy of the layers and its own upper and work
 directories; every operation is applied to the kernel first, then to fusefs, and both
-outcomes are recorded.  The merged trees are then snapshotted and everything is written to
-RESULT for the test to compare.  Standard library only: this runs outside pytest, and is
-also the way to replay a failing scenario by hand.
+outcomes are recorded (each side may keep one descriptor open across operations).  The
+merged trees are then snapshotted, the lower layers checked for changes, and everything is
+written to RESULT for the test to compare.  Standard library only: this runs outside
+pytest, and is also the way to replay a failing scenario by hand.
 """
 
 from __future__ import annotations
@@ -266,8 +267,8 @@ class Pair:
 
     Kernel overlayfs without index=on copies up one name of a hard-linked lower file as a
     new inode, leaving the others below; fusefs copies up all names as one inode.  Names
-    are followed through the operations, not by looking at either mount, so that the
-    comparison adds no lookups of its own between operations.
+    are followed through the operations and the kernel's upper layer, never by looking
+    at the fusefs mount, so that the comparison sends fusefs no requests of its own.
     """
 
     def __init__(self, kernel: KernelSide, names: list[str]) -> None:
