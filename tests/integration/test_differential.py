@@ -422,16 +422,16 @@ KNOWN_DISCREPANCIES = {
     # lower file: the kernel refuses with EEXIST; fusefs changed the lower layer's file.
     "unlinked-lower-fchmod": _UNLINKED_LOWER_HELD + [{"op": "fchmod_held", "mode": 0o600}],
     "unlinked-lower-futime": _UNLINKED_LOWER_HELD + [{"op": "futime_held", "atime_ns": 5, "mtime_ns": 6}],
-    # Open.  fsetxattr(2) there: the kernel EEXIST, fusefs ENOENT.
+    # Fixed in 7ee71a3.  fsetxattr(2) there: the kernel EEXIST (fusefs said ENOENT).
     "unlinked-lower-fsetxattr": _UNLINKED_LOWER_HELD + [{"op": "fsetxattr_held", "value": "v"}],
-    # Open.  fsetxattr(2) on a descriptor of a removed directory, upper-only or copied up:
-    # the kernel succeeds, fusefs ENOENT.
+    # Fixed in 7ee71a3.  fsetxattr(2) on a descriptor of a removed directory, upper-only or
+    # copied up: success (fusefs said ENOENT).
     "removed-dir-fsetxattr": _REMOVED_DIR_HELD + [{"op": "fsetxattr_held", "value": "v"}],
     "removed-copied-up-dir-fsetxattr": [{"op": "hold", "path": "d"}, {"op": "chmod", "path": "d", "mode": 0o700},
                                         {"op": "rmdir", "path": "d"}, {"op": "fsetxattr_held", "value": "v"}],
-    # Open.  fchmod(2) / futimens(2) / fsetxattr(2) on a descriptor of a removed lower or
-    # merged directory: the kernel refuses with ENOTDIR, as it refuses (EEXIST) for an
-    # unlinked lower file; fusefs succeeds (fsetxattr: ENOENT).  The lower layer is untouched.
+    # Fixed in 7ee71a3.  fchmod(2) / futimens(2) / fsetxattr(2) on a descriptor of a removed
+    # lower or merged directory: the kernel refuses with ENOTDIR, as it does (EEXIST) for an
+    # unlinked lower file (fusefs succeeded, without touching the lower layer; fsetxattr: ENOENT).
     "removed-lower-dir-fchmod": _REMOVED_LOWER_DIR_HELD + [{"op": "fchmod_held", "mode": 0o700}],
     "removed-lower-dir-futime": _REMOVED_LOWER_DIR_HELD + [{"op": "futime_held", "atime_ns": 5, "mtime_ns": 6}],
     "removed-lower-dir-fsetxattr": _REMOVED_LOWER_DIR_HELD + [{"op": "fsetxattr_held", "value": "v"}],
