@@ -25,7 +25,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, Self, cast
+from typing import IO, Any, Callable, Protocol, Self, cast
 
 import zstandard
 
@@ -108,12 +108,18 @@ class _Plain:
         return self._src.read(_CHUNK)
 
 
-class _Gzip:
-    """gzip members one after another, as ``gzip -c a b`` writes and Go's reader accepts."""
+class _Frames:
+    """Compressed frames one after another, each checked to its end: gzip members (as
+    ``gzip -c a b`` writes and Go's reader accepts) or zstd frames."""
 
-    def __init__(self, raw: _Plain) -> None:
+    def __init__(self, raw: _Plain, kind: str, new: Callable[[], Any],
+                 step: Callable[[Any, bytes], tuple[bytes, bytes]], error: type[Exception]) -> None:
         self._raw = raw
-        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._kind = kind
+        self._new = new
+        self._step = step        # (decompressor, pending) -> (output, pending left over)
+        self._error = error
+        self._d = new()
         self._started = False
         self._pending = b""
 
@@ -123,52 +129,36 @@ class _Gzip:
                 self._pending = self._raw.chunk()
                 if not self._pending:
                     if self._started:
-                        raise LayerError("the layer's gzip stream is truncated", _CORRUPT_HINT)
+                        raise LayerError(f"the layer's {self._kind} stream is truncated", _CORRUPT_HINT)
                     return b""
             self._started = True
             try:
-                out = self._d.decompress(self._pending, _CHUNK)
-            except zlib.error as e:
-                raise LayerError(f"the layer is not valid gzip: {e}", _CORRUPT_HINT) from None
-            self._pending = self._d.unconsumed_tail
+                out, self._pending = self._step(self._d, self._pending)
+            except self._error as e:
+                raise LayerError(f"the layer is not valid {self._kind}: {e}", _CORRUPT_HINT) from None
             if self._d.eof:
                 self._pending = self._d.unused_data + self._pending
-                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._d = self._new()
                 self._started = False
             if out:
                 return out
 
 
-class _Zstd:
-    """zstd frames one after another, each checked to its end."""
+def _gzip(raw: _Plain) -> _Frames:
+    def step(d: Any, pending: bytes) -> tuple[bytes, bytes]:
+        out = d.decompress(pending, _CHUNK)  # bounded output: no decompression bomb in memory
+        return out, d.unconsumed_tail
 
-    def __init__(self, raw: _Plain) -> None:
-        self._raw = raw
-        self._dctx = zstandard.ZstdDecompressor()
-        self._d = self._dctx.decompressobj()
-        self._started = False
-        self._pending = b""
+    return _Frames(raw, "gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), step, zlib.error)
 
-    def chunk(self) -> bytes:
-        while True:
-            if not self._pending:
-                self._pending = self._raw.chunk()
-                if not self._pending:
-                    if self._started:
-                        raise LayerError("the layer's zstd stream is truncated", _CORRUPT_HINT)
-                    return b""
-            self._started = True
-            feed, self._pending = self._pending[:_ZSTD_FEED], self._pending[_ZSTD_FEED:]
-            try:
-                out = self._d.decompress(feed)
-            except zstandard.ZstdError as e:
-                raise LayerError(f"the layer is not valid zstd: {e}", _CORRUPT_HINT) from None
-            if self._d.eof:
-                self._pending = self._d.unused_data + self._pending
-                self._d = self._dctx.decompressobj()
-                self._started = False
-            if out:
-                return out
+
+def _zstd(raw: _Plain) -> _Frames:
+    dctx = zstandard.ZstdDecompressor()
+
+    def step(d: Any, pending: bytes) -> tuple[bytes, bytes]:
+        return d.decompress(pending[:_ZSTD_FEED]), pending[_ZSTD_FEED:]
+
+    return _Frames(raw, "zstd", dctx.decompressobj, step, zstandard.ZstdError)
 
 
 class _TarStream:
@@ -182,11 +172,11 @@ class _TarStream:
                 break
             head += more
         raw = _Plain(src, head)
-        self._source: _Plain | _Gzip | _Zstd
+        self._source: _Plain | _Frames
         if head.startswith(GZIP_MAGIC):
-            self._source = _Gzip(raw)
+            self._source = _gzip(raw)
         elif head.startswith(ZSTD_MAGIC):
-            self._source = _Zstd(raw)
+            self._source = _zstd(raw)
         else:
             self._source = raw
         self._buf = bytearray()
