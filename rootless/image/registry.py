@@ -325,6 +325,15 @@ class RegistryClient:
             digest = mf.sha256_digest(raw)
         return raw, mf.detect_media_type(raw, response.headers.get("Content-Type")), digest
 
+    async def check_login(self, domain: str) -> None:
+        """Prove the credentials for DOMAIN work (``GET /v2/``, answering its challenge); raise if refused."""
+        response = await self._request("GET", domain, "/v2/", [])
+        if response.status_code == 401 and self._creds(domain) is not None:
+            raise Unauthorized("unauthorized: incorrect username or password", "check the username and password",
+                               code="UNAUTHORIZED", status=401)
+        if response.status_code != 200:
+            raise self._error(response, domain, f"login to {domain} failed: ")
+
     async def blob_exists(self, repo: Reference, digest: str) -> bool:
         mf.validate_digest(digest)
         return await self._head_blob(repo, digest, [_scope(repo.path, "pull")])

@@ -230,10 +230,11 @@ class Store:
                 self._write_atomic(path, data, mode=0o444)
         return path
 
-    def ingest_blob(self, digest: str, src_path: str | os.PathLike[str]) -> Path:
+    def ingest_blob(self, digest: str, src_path: str | os.PathLike[str], *, verified: bool = False) -> Path:
         """Move the file SRC_PATH (best on the store's file system: tmp_dir) in as the blob DIGEST.
 
-        Its content is checked first; a file that does not match stays where it is and
+        Its content is checked first, unless the caller has just VERIFIED it (a download
+        hashed as it arrived); a file that does not match stays where it is and
         DigestError is raised.  A matching file is consumed, even if the blob was present.
         """
         hexd = _hex(digest)
@@ -248,9 +249,9 @@ class Store:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise StoreError(f"cannot store {src} as a blob: it is not a regular file")
                 h = hashlib.sha256()
-                while chunk := os.read(fd, _CHUNK):
+                while not verified and (chunk := os.read(fd, _CHUNK)):
                     h.update(chunk)
-                if h.hexdigest() != hexd:
+                if not verified and h.hexdigest() != hexd:
                     raise DigestError(f"{src} does not match its digest: expected {digest}, got sha256:{h.hexdigest()}",
                                       "the download is corrupt; pull again")
                 if path.is_file():
@@ -277,6 +278,11 @@ class Store:
     def has_layer(self, diff_id: str) -> bool:
         hexd = _hex(diff_id)
         return (self.layers_dir / f"{hexd}.json").is_file() and (self.layers_dir / hexd).is_dir()
+
+    def layer_of_blob(self, blob_digest: str) -> str | None:
+        """The diff_id of the layer that the blob BLOB_DIGEST unpacked to, where that layer is here."""
+        known = self._diff_id_of(_hex(blob_digest))
+        return known if known is not None and self.has_layer(known) else None
 
     def layer_path(self, diff_id: str) -> Path:
         """The unpacked layer DIFF_ID, to mount as a lower layer; StoreError where it is absent."""
@@ -396,6 +402,16 @@ class Store:
             images = [replace(i, repo_tags=(*i.repo_tags, tag)) if i.id == target.id else i for i in images]
             self._save(images)
         return next(i for i in images if i.id == target.id)
+
+    def add_repo_digest(self, image_id: str, name: str) -> ImageRecord:
+        """Record that the registry holds the image IMAGE_ID as NAME (``repo@sha256:...``), after a push."""
+        name = _digest_name(name)
+        with self.locked():
+            images = self.images()
+            target = _by_id(images, image_id)
+            updated = replace(target, repo_digests=_union(target.repo_digests, (name,)))
+            self._save([updated if i.id == target.id else i for i in images])
+        return updated
 
     def untag(self, ref_str: str) -> ImageRecord:
         """Remove the tag (or name@digest) REF_STR; the image itself stays.  Returns the image as it is now."""

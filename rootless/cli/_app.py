@@ -1,0 +1,76 @@
+"""The command group, its global options and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..config import Config
+from ..errors import RootlessError
+from ..image.store import Store
+
+
+class RootlessGroup(click.Group):
+    """Prints a RootlessError as docker does (``Error: ...``, hint on its own line) and exits 125."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RootlessError as e:
+            click.echo(f"Error: {e.message}", err=True)
+            if e.hint:
+                click.echo(f"Hint: {e.hint}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            # `rootless images | head`: the reader left; say nothing more.
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (silences the flush at exit)
+            except OSError:
+                pass
+            ctx.exit(141)
+
+
+@dataclass
+class App:
+    """What every command gets: the settings, and the store opened on first use."""
+
+    config: Config
+    _store: Store | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.config)
+        return self._store
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(cls=RootlessGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rootless")
+@click.option("--root", type=click.Path(file_okay=False), envvar="ROOTLESS_ROOT",
+              help="Where images and containers are stored (default $XDG_DATA_HOME/rootless).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="ROOTLESS_CONFIG",
+              help="The config file (default $XDG_CONFIG_HOME/rootless/config.json).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
+              show_default=True, help="How much the engine logs to stderr.")
+@click.pass_context
+def main(ctx: click.Context, root: str | None, config_file: str | None, log_level: str) -> None:
+    """A container engine for users without root."""
+    logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(levelname)s: %(message)s")
+    try:
+        config = Config.load(root=Path(root).absolute() if root else None, config_file=config_file)
+    except RootlessError as e:
+        raise click.ClickException(str(e)) from None
+    ctx.obj = App(config)

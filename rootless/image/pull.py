@@ -1,0 +1,207 @@
+"""Pulling an image: manifest and platform, layers downloaded in parallel and unpacked as they arrive.
+
+The caller gets progress as ``Event`` values (what docker's pull prints, one layer at a
+time) and renders them; nothing here prints.  Every blob is verified while it downloads
+(``RegistryClient.fetch_blob``) and moved into the store only then; each layer's diff_id
+is checked against the image config before the image record is written, last, so an
+interrupted pull leaves no visible image and the next pull resumes its downloads.
+
+Two pulls of one image, in two processes, meet at a per-blob download lock: the second
+waits, then finds the blob (and its layer) present.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ..errors import ManifestError, StoreError
+from . import manifest as mf
+from .reference import Reference
+from .registry import RegistryClient
+from .store import ImageRecord, Store
+
+#: Layers downloaded at once, as dockerd's max-concurrent-downloads.
+MAX_DOWNLOADS = 3
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of pull output: ``id`` is a layer's short id, or None for the image as a whole."""
+
+    id: str | None
+    status: str
+    current: int | None = None
+    total: int | None = None
+
+
+Report = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class PullResult:
+    image: ImageRecord
+    digest: str          # what the reference resolved to (an index's digest for a multi-platform image)
+    downloaded: bool     # False: every layer was present already ("Image is up to date")
+    warnings: tuple[str, ...] = ()
+
+
+def short_id(digest: str) -> str:
+    return digest.partition(":")[2][:12]
+
+
+async def pull(store: Store, client: RegistryClient, ref: Reference, *, platform: mf.Platform | None = None,
+               report: Report = lambda event: None, max_downloads: int = MAX_DOWNLOADS) -> PullResult:
+    """Pull REF into STORE and return the image record; REF has a tag or a digest."""
+    raw, media_type, digest = await client.get_manifest(ref)
+    parsed = mf.parse(raw, media_type, digest)
+    blobs = [(digest, raw)]
+    if isinstance(parsed, mf.Index):
+        chosen = parsed.select(platform)
+        raw2, media_type2, digest2 = await client.get_manifest(Reference(ref.domain, ref.path, None, chosen.digest))
+        parsed = mf.parse(raw2, media_type2, digest2)
+        if isinstance(parsed, mf.Index):
+            raise ManifestError(f"the manifest list {digest} of {ref.familiar} points at another manifest list",
+                                "nested indexes are not supported")
+        blobs.append((digest2, raw2))
+    manifest = parsed
+    for layer in manifest.layers:
+        if mf.is_foreign_layer(layer.media_type) and not layer.urls:
+            raise ManifestError(f"layer {layer.digest} of {ref.familiar} is foreign and names no URL")
+
+    config_raw = await _config_blob(store, client, ref, manifest.config)
+    config = _parse_config(config_raw, manifest, ref)
+    warnings = _platform_warnings(config, platform)
+
+    diff_ids: list[str] = [""] * len(manifest.layers)
+    fresh = [False] * len(manifest.layers)
+    downloads = trio.CapacityLimiter(max_downloads)
+    unpacks = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
+    for layer in manifest.layers:
+        if store.layer_of_blob(layer.digest) is None:
+            report(Event(short_id(layer.digest), "Pulling fs layer"))
+
+    async def one(i: int, layer: mf.Descriptor) -> None:
+        diff_ids[i], fresh[i] = await _layer(store, client, ref, layer, downloads, unpacks, report)
+
+    async with trio.open_nursery() as nursery:
+        for i, layer in enumerate(manifest.layers):
+            nursery.start_soon(one, i, layer)
+
+    expected = config["rootfs"]["diff_ids"]
+    for i, (got, want) in enumerate(zip(diff_ids, expected)):
+        if got != want:
+            raise StoreError(f"layer {i + 1} of {ref.familiar} ({manifest.layers[i].digest}) unpacked to {got}, "
+                             f"but the image config says {want}", "the image is corrupt in the registry")
+    for blob_digest, data in blobs:
+        await trio.to_thread.run_sync(store.write_blob, blob_digest, data)
+    record = ImageRecord(
+        id=manifest.config.digest,
+        repo_tags=(str(ref.with_tag(ref.tag)),) if ref.tag else (),
+        repo_digests=(f"{ref.repository}@{digest}",),
+        manifest_digest=manifest.digest,
+        config_digest=manifest.config.digest,
+        layers=tuple(diff_ids),
+        created=str(config.get("created") or ""),
+    )
+    record = await trio.to_thread.run_sync(store.put_image, record)
+    return PullResult(record, digest, any(fresh), tuple(warnings))
+
+
+async def _config_blob(store: Store, client: RegistryClient, ref: Reference, desc: mf.Descriptor) -> bytes:
+    if desc.size > mf.MAX_MANIFEST_SIZE:
+        raise ManifestError(f"the config of {ref.familiar} is {desc.size} bytes, over the {mf.MAX_MANIFEST_SIZE} limit")
+    if not store.has_blob(desc.digest):
+        async with _download_lock(store, desc.digest):
+            if not store.has_blob(desc.digest):
+                staged = _staging(store, desc.digest)
+                await client.fetch_blob(ref, desc, staged)
+                await trio.to_thread.run_sync(lambda: store.ingest_blob(desc.digest, staged, verified=True))
+    return store.blob_path(desc.digest).read_bytes()
+
+
+async def _layer(store: Store, client: RegistryClient, ref: Reference, desc: mf.Descriptor,
+                 downloads: trio.CapacityLimiter, unpacks: trio.CapacityLimiter, report: Report) -> tuple[str, bool]:
+    """(diff_id, whether anything had to be downloaded or unpacked) of one layer."""
+    sid = short_id(desc.digest)
+    known = store.layer_of_blob(desc.digest)
+    if known is not None:
+        report(Event(sid, "Already exists"))
+        return known, False
+    async with downloads:
+        async with _download_lock(store, desc.digest):
+            known = store.layer_of_blob(desc.digest)
+            if known is not None:
+                report(Event(sid, "Already exists"))
+                return known, False
+            if not store.has_blob(desc.digest):
+                staged = _staging(store, desc.digest)
+
+                def progress(done: int, total: int) -> None:
+                    report(Event(sid, "Downloading", done, total))
+
+                await client.fetch_blob(ref, desc, staged, progress=progress)
+                report(Event(sid, "Verifying Checksum"))
+                await trio.to_thread.run_sync(lambda: store.ingest_blob(desc.digest, staged, verified=True))
+                report(Event(sid, "Download complete"))
+    async with unpacks:
+        report(Event(sid, "Extracting"))
+        diff_id = await trio.to_thread.run_sync(store.unpack_layer, desc.digest)
+    report(Event(sid, "Pull complete"))
+    return diff_id, True
+
+
+def _staging(store: Store, digest: str) -> Path:
+    """A stable name, so that the download a killed pull left behind is resumed (``.partial``)."""
+    return store.tmp_dir / f"pull-{digest.partition(':')[2]}"
+
+
+@asynccontextmanager
+async def _download_lock(store: Store, digest: str) -> AsyncIterator[None]:
+    """An flock on the blob's download, waited for in a thread so the other downloads go on."""
+    path = store.locks_dir / f"pull-{digest.partition(':')[2]}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await trio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX, abandon_on_cancel=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _parse_config(raw: bytes, manifest: mf.Manifest, ref: Reference) -> dict:  # type: ignore[type-arg]
+    try:
+        config = json.loads(raw)
+    except ValueError as e:
+        raise ManifestError(f"the image config of {ref.familiar} is not valid JSON: {e}") from None
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise ManifestError(f"the image config of {ref.familiar} has no rootfs.diff_ids list")
+    if len(diff_ids) != len(manifest.layers):
+        raise ManifestError(f"the image config of {ref.familiar} lists {len(diff_ids)} layers, "
+                            f"its manifest {len(manifest.layers)}", "the image is corrupt in the registry")
+    for d in diff_ids:
+        mf.validate_digest(d)
+    return config
+
+
+def _platform_warnings(config: dict, wanted: mf.Platform | None) -> list[str]:  # type: ignore[type-arg]
+    os_name, arch = config.get("os"), config.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(arch, str):
+        return []
+    got = mf.Platform.of(os_name, arch, str(config.get("variant") or ""))
+    want = wanted or mf.host_platform()
+    if got in want.compatible():
+        return []
+    return [f"The requested image's platform ({got}) does not match the detected host platform ({want}) "
+            "and no specific platform was requested"]
