@@ -63,11 +63,9 @@ def do_pull(app: App, name: str, *, platform: str | None = None, quiet: bool = F
     wanted = mf.Platform.parse(platform) if platform else None
     display = ProgressDisplay(out, tty=out.isatty()) if not quiet else (lambda event: None)
     if not quiet:
-        if ref.tag is None and ref.digest is None:
+        if not reference.names_tag(name):
             out.write("Using default tag: latest\n")
-        out.write(f"{ref.digest or ref.tag or 'latest'}: Pulling from {ref.path}\n")
-    if ref.tag is None and ref.digest is None:
-        ref = ref.with_tag("latest")
+        out.write(f"{ref.digest or ref.tag}: Pulling from {ref.path}\n")
     store = app.store
 
     async def go() -> pulling.PullResult:
@@ -98,9 +96,8 @@ def push(app: App, name: str, quiet: bool, tls_verify: bool, cert_dir: str | Non
     ref = reference.parse(name)
     if ref.digest is not None:
         raise InvalidReference(f"cannot push {name}: push takes a name and tag, not a digest")
-    if ref.tag is None:
+    if not reference.names_tag(name):
         click.echo("Using default tag: latest")
-        ref = ref.with_tag("latest")
     store = app.store
     try:
         image = store.resolve(str(ref))
@@ -160,8 +157,9 @@ def images_cmd(app: App, all_: bool, quiet: bool, digests: bool, no_trunc: bool,
     rows = _image_rows(app, records, no_trunc)
     if repository:
         wanted = reference.parse(repository)
+        any_tag = not reference.names_tag(repository)
         rows = [r for r in rows if r["Repository"] != "<none>" and reference.parse(r["Repository"]).repository
-                == wanted.repository and (wanted.tag is None or r["Tag"] == wanted.tag)]
+                == wanted.repository and (any_tag or r["Tag"] == wanted.tag)]
     if quiet:
         for image_id in dict.fromkeys(r["ID"] for r in rows):
             click.echo(image_id)
@@ -231,8 +229,6 @@ def remove_image(app: App, name: str, force: bool) -> list[str]:
     lines: list[str] = []
     if by_name:
         ref = reference.parse(name)
-        if ref.digest is None and ref.tag is None:
-            ref = ref.with_tag("latest")
         others = [t for t in image.repo_tags if t != f"{ref.repository}:{ref.tag}"] if ref.tag else []
         shown = f"{ref.familiar}:{ref.tag}" if ref.tag else f"{ref.familiar}@{ref.digest}"
         if others or (ref.digest is None and len(image.repo_tags) > 1):

@@ -84,9 +84,9 @@ async def pull(store: Store, client: RegistryClient, ref: Reference, *, platform
     fresh = [False] * len(manifest.layers)
     downloads = trio.CapacityLimiter(max_downloads)
     unpacks = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
-    for layer in manifest.layers:
-        if store.layer_of_blob(layer.digest) is None:
-            report(Event(short_id(layer.digest), "Pulling fs layer"))
+    for layer in manifest.layers:  # in the manifest's order, as docker lists them
+        present = store.layer_of_blob(layer.digest) is not None
+        report(Event(short_id(layer.digest), "Already exists" if present else "Pulling fs layer"))
 
     async def one(i: int, layer: mf.Descriptor) -> None:
         diff_ids[i], fresh[i] = await _layer(store, client, ref, layer, downloads, unpacks, report)
@@ -133,8 +133,7 @@ async def _layer(store: Store, client: RegistryClient, ref: Reference, desc: mf.
     sid = short_id(desc.digest)
     known = store.layer_of_blob(desc.digest)
     if known is not None:
-        report(Event(sid, "Already exists"))
-        return known, False
+        return known, False   # reported before the downloads began
     async with downloads:
         async with _download_lock(store, desc.digest):
             known = store.layer_of_blob(desc.digest)

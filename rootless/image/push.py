@@ -47,7 +47,7 @@ async def push(store: Store, client: RegistryClient, image: ImageRecord, dest: R
             elif outcome == "mounted":
                 report(Event(sid, f"Mounted from {sources[0].partition('/')[2]}"))
             else:
-                report(Event(sid, "Pushed", desc.size, desc.size))
+                report(Event(sid, "Pushed"))
 
     async with trio.open_nursery() as nursery:
         for desc in blobs:

@@ -97,6 +97,11 @@ def parse(text: str) -> Reference:
     return Reference(domain, path, tag, digest)
 
 
+def names_tag(text: str) -> bool:
+    """Whether TEXT itself gives a tag or digest (``parse`` fills in ``latest`` where it does not)."""
+    return "@" in text or ":" in text.rsplit("/", 1)[-1]
+
+
 def _split_domain(name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
     if not sep or ("." not in first and ":" not in first and first != "localhost" and first.lower() == first):

@@ -554,7 +554,8 @@ class RegistryClient:
                 reauthed = True
                 await response.aread()
                 await response.aclose()
-                if await self._answer_challenge(host, domain, scopes, response):
+                if await self._answer_challenge(host, domain, scopes, response,
+                                                sent_auth="Authorization" in request_headers):
                     continue
                 raise self._error(response, domain)
             if response.status_code in _RETRY_STATUSES and failures < len(self.retry_delays):
@@ -649,7 +650,8 @@ class RegistryClient:
                 return token
         return None
 
-    async def _answer_challenge(self, host: str, domain: str, scopes: list[str], response: httpx.Response) -> bool:
+    async def _answer_challenge(self, host: str, domain: str, scopes: list[str], response: httpx.Response,
+                                sent_auth: bool = False) -> bool:
         """Learn HOST's auth scheme from a 401; True if a retry with new credentials makes sense."""
         challenges = [c for h in response.headers.get_list("WWW-Authenticate") for c in parse_challenges(h)]
         usable = [c for c in challenges if c.scheme in ("bearer", "basic")]
@@ -661,8 +663,10 @@ class RegistryClient:
         for key in [k for k in self._tokens if k[0] == host and _covers(k[1], scopes)]:
             del self._tokens[key]  # refused: never offer it again
         if challenge.scheme == "basic":
-            # A Basic retry only helps if there are credentials not already refused.
-            return self._creds(domain) is not None and (previous is None or previous.scheme != "basic")
+            # A Basic retry only helps if there are credentials not already refused.  A request
+            # sent bare while a parallel one learnt the challenge has not tried them yet.
+            return self._creds(domain) is not None and (
+                not sent_auth or previous is None or previous.scheme != "basic")
         extra = challenge.params.get("scope")
         if extra and not _covers(tuple(scopes), extra.split(" ")):
             scopes.extend(extra.split(" "))
