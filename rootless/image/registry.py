@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
 import httpx
 import trio
@@ -801,7 +801,7 @@ class _Buffer:
 
     LIMIT = 1 << 20
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: IO[bytes]) -> None:
         self.out = out
         self.pending = bytearray()
 
