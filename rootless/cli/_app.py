@@ -7,14 +7,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import __version__
 from ..config import Config
 from ..errors import RootlessError
-from ..image.store import Store
+
+if TYPE_CHECKING:
+    from ..image.store import Store
 
 
 class RootlessGroup(click.Group):
@@ -50,6 +52,8 @@ class App:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from ..image.store import Store  # imported here: commands that need no store start faster
+
             self._store = Store.open(self.config)
         return self._store
 

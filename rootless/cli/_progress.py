@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from ..image.pull import Event
+from ..image.events import Event
 from ._format import human_size
 
 BAR_WIDTH = 50

@@ -5,24 +5,25 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import trio
 
 from ..errors import AmbiguousImageId, ImageNotFound, InvalidReference, RootlessError, StoreError
-from ..image import inspect as image_inspect
 from ..image import manifest as mf
-from ..image import pull as pulling
-from ..image import push as pushing
 from ..image import reference
 from ..image.auth import CredentialStore, normalize_host
-from ..image.registry import RegistryClient
-from ..image.store import ImageRecord
 from ._app import App, main, pass_app
 from ._format import Template, ago, human_size, table
 from ._progress import ProgressDisplay
 
+if TYPE_CHECKING:
+    from ..image.pull import PullResult
+    from ..image.registry import RegistryClient
+    from ..image.store import ImageRecord
+
+# trio, httpx and the store load inside the commands that use them: `rootless run` and
+# `rootless images` should not pay for the registry client's imports.
 T = TypeVar("T")
 
 tls_option = click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
@@ -33,11 +34,15 @@ cert_dir_option = click.option("--cert-dir", type=click.Path(file_okay=False, ex
 
 
 def _client(app: App, tls_verify: bool, cert_dir: str | None) -> RegistryClient:
+    from ..image.registry import RegistryClient
+
     return RegistryClient(app.config, CredentialStore.from_config(app.config), tls_verify=tls_verify,
                           cert_dir=cert_dir)
 
 
 def _run(fn: Callable[[], Any]) -> Any:
+    import trio
+
     return trio.run(fn)
 
 
@@ -58,6 +63,8 @@ def pull(app: App, name: str, platform: str | None, quiet: bool, tls_verify: boo
 def do_pull(app: App, name: str, *, platform: str | None = None, quiet: bool = False, tls_verify: bool = True,
             cert_dir: str | None = None, out: Any = None) -> ImageRecord:
     """Pull NAME as ``rootless pull`` does, output included (``run`` uses it for a missing image)."""
+    from ..image import pull as pulling
+
     out = out or sys.stdout
     ref = reference.parse(name)
     wanted = mf.Platform.parse(platform) if platform else None
@@ -68,11 +75,11 @@ def do_pull(app: App, name: str, *, platform: str | None = None, quiet: bool = F
         out.write(f"{ref.digest or ref.tag}: Pulling from {ref.path}\n")
     store = app.store
 
-    async def go() -> pulling.PullResult:
+    async def go() -> PullResult:
         async with _client(app, tls_verify, cert_dir) as client:
             return await pulling.pull(store, client, ref, platform=wanted, report=display)
 
-    result: pulling.PullResult = _run(go)
+    result: PullResult = _run(go)
     shown = f"{ref.familiar}:{ref.tag}" if ref.tag else f"{ref.familiar}@{ref.digest}"
     for warning in result.warnings:
         click.echo(f"WARNING: {warning}", err=True)
@@ -93,6 +100,8 @@ def do_pull(app: App, name: str, *, platform: str | None = None, quiet: bool = F
 @pass_app
 def push(app: App, name: str, quiet: bool, tls_verify: bool, cert_dir: str | None) -> None:
     """Push an image to a registry."""
+    from ..image import push as pushing
+
     ref = reference.parse(name)
     if ref.digest is not None:
         raise InvalidReference(f"cannot push {name}: push takes a name and tag, not a digest")
@@ -125,7 +134,7 @@ _IMAGE_COLUMNS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", 
 def _image_rows(app: App, images: Sequence[ImageRecord], no_trunc: bool) -> list[dict[str, str]]:
     rows = []
     for image in images:
-        size = human_size(image_inspect.image_size(app.store, image))
+        size = human_size(_inspect().image_size(app.store, image))
         short = image.id if no_trunc else image.id.partition(":")[2][:12]
         created = ago(image.created)
         names: list[reference.Reference | None] = [reference.parse(t) for t in image.repo_tags] or [None]
@@ -205,6 +214,12 @@ def rmi(app: App, images: tuple[str, ...], force: bool) -> None:
         sys.exit(failed[-1].exit_code)
 
 
+def _inspect() -> Any:
+    from ..image import inspect
+
+    return inspect
+
+
 def images_in_use(app: App) -> set[str]:
     """Ids of the images that containers were made from (none until the runtime records containers)."""
     used: set[str] = set()
@@ -242,9 +257,9 @@ def remove_image(app: App, name: str, force: bool) -> list[str]:
                          f"container is using its referenced image {image.id.partition(':')[2][:12]}",
                          "remove the container first, or use -f")
     for t in image.repo_tags:
-        lines.append(f"Untagged: {image_inspect.familiar_tag(t)}")
+        lines.append(f"Untagged: {_inspect().familiar_tag(t)}")
     for d in image.repo_digests:
-        lines.append(f"Untagged: {image_inspect.familiar_tag(d)}")
+        lines.append(f"Untagged: {_inspect().familiar_tag(d)}")
     store.remove_image(image.id)
     lines.append(f"Deleted: {image.id}")
     store.gc(keep_layers=_layers_in_use(app))
@@ -268,7 +283,7 @@ def _inspect_images(app: App, names: Sequence[str], fmt: str | None) -> None:
     missing = []
     for name in names:
         try:
-            docs.append(image_inspect.inspect(app.store, app.store.resolve(name)))
+            docs.append(_inspect().inspect(app.store, app.store.resolve(name)))
         except (ImageNotFound, AmbiguousImageId) as e:
             missing.append(e)
     if fmt:
@@ -303,7 +318,7 @@ def inspect_cmd(app: App, names: tuple[str, ...], fmt: str | None, kind: str) ->
 def history(app: App, name: str, human: bool, no_trunc: bool, quiet: bool, fmt: str | None) -> None:
     """Show the history of an image."""
     image = app.store.resolve(name)
-    rows = image_inspect.history(app.store, image)
+    rows = _inspect().history(app.store, image)
     if quiet:
         for r in rows:
             click.echo(r.image if no_trunc or r.image == "<missing>" else r.image.partition(":")[2][:12])
@@ -364,6 +379,8 @@ def login(app: App, server: str | None, username: str | None, password: str | No
     user, secret = username, password
 
     async def check() -> None:
+        from ..image.registry import RegistryClient
+
         client = RegistryClient(app.config, lambda domain: (user, secret), tls_verify=tls_verify, cert_dir=cert_dir)
         async with client:
             await client.check_login(host)
@@ -413,7 +430,7 @@ def image_prune(app: App, all_: bool, force: bool) -> None:
         if img.id in used or (img.repo_tags and not all_):
             continue
         store.remove_image(img.id)
-        deleted.extend(f"untagged: {image_inspect.familiar_tag(t)}" for t in (*img.repo_tags, *img.repo_digests))
+        deleted.extend(f"untagged: {_inspect().familiar_tag(t)}" for t in (*img.repo_tags, *img.repo_digests))
         deleted.append(f"deleted: {img.id}")
     freed = store.gc(keep_layers=_layers_in_use(app))
     if deleted:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import trio
 
 from ..errors import ManifestError, StoreError
 from . import manifest as mf
+from .events import Event, Report, short_id
 from .reference import Reference
 from .registry import RegistryClient
 from .store import ImageRecord, Store
@@ -33,28 +34,11 @@ MAX_DOWNLOADS = 3
 
 
 @dataclass(frozen=True)
-class Event:
-    """One line of pull output: ``id`` is a layer's short id, or None for the image as a whole."""
-
-    id: str | None
-    status: str
-    current: int | None = None
-    total: int | None = None
-
-
-Report = Callable[[Event], None]
-
-
-@dataclass(frozen=True)
 class PullResult:
     image: ImageRecord
     digest: str          # what the reference resolved to (an index's digest for a multi-platform image)
     downloaded: bool     # False: every layer was present already ("Image is up to date")
     warnings: tuple[str, ...] = ()
-
-
-def short_id(digest: str) -> str:
-    return digest.partition(":")[2][:12]
 
 
 async def pull(store: Store, client: RegistryClient, ref: Reference, *, platform: mf.Platform | None = None,

@@ -11,7 +11,7 @@ import trio
 
 from ..errors import StoreError
 from . import manifest as mf
-from .pull import Event, Report, short_id
+from .events import Event, Report, short_id
 from .reference import Reference
 from .registry import RegistryClient
 from .store import ImageRecord, Store

@@ -10,7 +10,7 @@ import pytest
 from rootless.cli._format import Template, ago, human_duration, human_size, table
 from rootless.cli._progress import ProgressDisplay
 from rootless.errors import RootlessError
-from rootless.image.pull import Event
+from rootless.image.events import Event
 
 
 @pytest.mark.parametrize("size, text", [(0, "0B"), (999, "999B"), (1000, "1kB"), (4_261_234, "4.26MB"),
