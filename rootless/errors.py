@@ -75,6 +75,11 @@ class LayerError(RootlessError):
     """A layer tar that cannot be unpacked safely: corrupt, truncated or hostile."""
 
 
+class ArchiveError(RootlessError):
+    """An image archive (``docker save``, OCI layout) that is malformed, truncated, or whose
+    content does not match its digests."""
+
+
 class StoreError(RootlessError):
     """The image store is unusable, or a request to it cannot be met."""
 

@@ -486,6 +486,24 @@ class Store:
                     _remove(Path(entry.path))
         return freed
 
+    def discard_unused(self, blobs: Iterable[str] = (), layers: Iterable[str] = ()) -> None:
+        """Remove the blobs and layers (diff_ids) named, where no image needs them: what an
+        import stored before it failed.  ``gc`` narrowed to these, so nobody else's are touched."""
+        with self.locked():
+            images = self.images()
+            needed_blobs = self._needed_blobs(images)
+            needed_layers = {_hex(d) for i in images for d in i.layers}
+            for name in sorted({_hex(d) for d in blobs} - needed_blobs):
+                with self._locks.hold(self.locks_dir / name, blocking=False) as free:
+                    if free:
+                        _remove(self.blobs_dir / name)
+                        _remove(self.diffids_dir / name)
+            for name in sorted({_hex(d) for d in layers} - needed_layers):
+                with self._locks.hold(self.locks_dir / name, blocking=False) as free:
+                    if free:
+                        _remove(self.layers_dir / f"{name}.json")  # first: the layer stops existing
+                        self._discard(self.layers_dir / name)
+
     def _needed_blobs(self, images: list[ImageRecord]) -> set[str]:
         needed: set[str] = set()
         manifests: list[str] = []
