@@ -9,17 +9,15 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from registry import Registry, running_registry, token_auth_problem
-from rootless.cli import main
+from runcli import Cli
 from testimages import Image, make_image, push, random_layer, sha256, write_oci_layout
 
 pytestmark = pytest.mark.registry
@@ -48,26 +46,6 @@ def app_image(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Image:
                   "empty_layer": True}])
     push(reg.host, "ns/app:v1", image, tmp_path_factory.mktemp("push"))
     return image
-
-
-class Cli:
-    """``rootless --root STORE ...`` in-process, with the user's config under HOME."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.root = tmp / "store"
-        self.home = tmp / "home"
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.env = {"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config"),
-                    "XDG_DATA_HOME": str(self.home / ".local/share"), "DOCKER_CONFIG": str(self.home / ".docker")}
-
-    def __call__(self, *args: str, input: str | None = None, code: int = 0) -> Result:
-        result = CliRunner().invoke(main, ["--root", str(self.root), *args], input=input, env=self.env,
-                                    catch_exceptions=False)
-        assert result.exit_code == code, (args, result.output)
-        return result
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "rootless", "--root", str(self.root), *args]
 
 
 @pytest.fixture

@@ -115,3 +115,22 @@ def write_oci_layout(directory: Path, image: Image, tag: str = "latest") -> None
 
 def random_layer(size: int) -> dict[str, bytes | str | None]:
     return {"data/blob.bin": os.urandom(size)}
+
+
+def busybox_rootfs() -> dict[str, bytes | str | None]:
+    """A small root filesystem: static busybox with every applet linked in /bin, passwd and group."""
+    import subprocess
+
+    busybox = "/bin/busybox"
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    files: dict[str, bytes | str | None] = {"bin": None, "etc": None, "tmp": None, "root": None, "home": None}
+    with open(busybox, "rb") as f:
+        files["bin/busybox"] = f.read()
+    for applet in applets:
+        if applet != "busybox":
+            files[f"bin/{applet}"] = "busybox"
+    files["etc/passwd"] = (b"root:x:0:0:root:/root:/bin/sh\n"
+                           b"app:x:1000:1000:app:/home/app:/bin/sh\n"
+                           b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    files["etc/group"] = b"root:x:0:\napp:x:1000:\nstaff:x:50:app\nnogroup:x:65534:\n"
+    return files

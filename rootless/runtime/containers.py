@@ -1,0 +1,173 @@
+"""Containers on disk: one directory each, with a JSON record replaced whole, and unique names.
+
+    <data_dir>/containers/<id>/config.json   the record (docker's inspect fields, our own below)
+                               upper/ work/  the container's writable layer and fusefs' scratch
+                               rootfs/       where the union is mounted, in the container's namespaces
+                               hosts resolv.conf hostname   generated, bound over /etc's
+    <data_dir>/containers/lock               flock'd while a container is created, renamed or removed
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import RootlessError
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+               "nifty", "quirky", "serene", "sharp", "tender", "vivid", "witty", "zealous")
+_NOUNS = ("babbage", "curie", "darwin", "euler", "fermat", "galileo", "hopper", "kepler", "lovelace",
+          "noether", "pascal", "ritchie", "shannon", "turing", "wozniak")
+
+
+class ContainerNotFound(RootlessError):
+    """No container has this name or id."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Container:
+    dir: Path
+    record: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.record["Id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.record["Name"]).lstrip("/")
+
+    @property
+    def upper(self) -> Path:
+        return self.dir / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.dir / "work"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.dir / "rootfs"
+
+    def save(self) -> None:
+        _write_atomic(self.dir / "config.json", json.dumps(self.record, indent=1).encode())
+
+
+class Containers:
+    def __init__(self, config: Config) -> None:
+        self.root = config.data_dir / "containers"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def all(self) -> list[Container]:
+        out = []
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            try:
+                record = json.loads((Path(entry.path) / "config.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            out.append(Container(Path(entry.path), record))
+        out.sort(key=lambda c: str(c.record.get("Created", "")), reverse=True)
+        return out
+
+    def create(self, name: str | None, record: dict[str, Any]) -> Container:
+        """A new container directory and record; the name is checked and taken under the lock."""
+        if name is not None and not _NAME.match(name):
+            raise RootlessError(f'Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+        cid = secrets.token_hex(32)
+        with self.locked():
+            taken = {c.name: c for c in self.all()}
+            if name is None:
+                name = _random_name(set(taken))
+            elif name in taken:
+                other = taken[name].id
+                raise RootlessError(f'Conflict. The container name "/{name}" is already in use by container '
+                                    f'"{other}". You have to remove (or rename) that container to be able to '
+                                    "reuse that name.", "remove it with rootless rm, or choose another --name")
+            stage = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
+            for sub in ("upper", "work", "rootfs"):
+                (stage / sub).mkdir(mode=0o755)
+            container = Container(stage, {"Id": cid, "Name": "/" + name, "Created": now(), **record})
+            container.save()
+            os.rename(stage, self.root / cid)
+            container.dir = self.root / cid
+        return container
+
+    def get(self, name_or_id: str) -> Container:
+        everything = self.all()
+        for c in everything:
+            if c.name == name_or_id.lstrip("/") or c.id == name_or_id:
+                return c
+        matches = [c for c in everything if len(name_or_id) >= 1 and c.id.startswith(name_or_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise RootlessError(f"multiple containers found with provided prefix: {name_or_id}",
+                                "give more of the id, or the name")
+        raise ContainerNotFound(f"No such container: {name_or_id}", "list them with rootless ps -a")
+
+    def remove(self, container: Container) -> None:
+        with self.locked():
+            trash = self.root / f".rm-{container.id}"
+            try:
+                os.rename(container.dir, trash)
+            except FileNotFoundError:
+                return
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _random_name(taken: set[str]) -> str:
+    rng = random.SystemRandom()
+    for _ in range(100):
+        name = f"{rng.choice(_ADJECTIVES)}_{rng.choice(_NOUNS)}"
+        if name not in taken:
+            return name
+    return f"{rng.choice(_ADJECTIVES)}_{rng.choice(_NOUNS)}{rng.randrange(1000)}"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".write-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

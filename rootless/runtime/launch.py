@@ -1,0 +1,397 @@
+"""Starting a container: the process tree, the namespaces and the mounts, in the order the kernel needs.
+
+    rootless run ─ fork ─► helper: new user namespace (ids mapped by the parent through
+                           newuidmap), new mount namespace, mounts fusefs on the rootfs
+                           dir, new pid namespace for its children, then serves FUSE
+                           requests until the container's init exits
+                   └ fork ─► init (pid 1): new mount, uts, ipc [and net] namespaces — only
+                           now, after the FUSE mount exists, or pivot_root would wait on
+                           the daemon forever — then /proc, /dev, /sys, /etc files,
+                           pivot_root, the user, and exec
+
+The parent is single-threaded (a user namespace cannot be made by a threaded process)
+and stays so: it only waits, forwards signals and prints what went wrong.  Failures of
+the helper or init before the exec travel to it as one JSON line on a pipe that the
+exec closes (close-on-exec), with docker's exit code: 125 engine, 126 cannot execute,
+127 not found.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+from . import linux
+from .idmap import IdMap, write_maps
+from .spec import ProcessSpec, UserNotFound, resolve_user
+
+log = logging.getLogger(__name__)
+
+#: Device nodes bound from the host into the container's /dev (mknod needs real root).
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+
+
+class StartError(Exception):
+    """Something that stops the container before its command runs; CODE is docker's exit code."""
+
+    def __init__(self, message: str, code: int = 125) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class Launch:
+    """Everything the helper and init need; they are forked, so this travels in memory."""
+
+    rootfs: str                   # the empty directory the union is mounted on
+    lowers: list[str]             # top layer first
+    upper: str
+    work: str
+    process: ProcessSpec
+    ids: IdMap
+    hostname: str
+    etc_files: dict[str, str] = field(default_factory=dict)   # /etc/hosts -> the generated file
+    network: str = "host"         # host | none
+    fuse_log: str | None = None
+
+
+@dataclass
+class Started:
+    helper_pid: int
+    init_pid: int | None
+    error: StartError | None
+
+
+def start(launch: Launch) -> Started:
+    """Fork the helper and init; return once init has exec'd the command or failed to."""
+    report_r, report_w = os.pipe()      # helper/init -> parent: {"pid"} then {"error"} or EOF at exec
+    sync_r, sync_w = os.pipe()          # helper -> parent: "user namespace made"
+    go_r, go_w = os.pipe()              # parent -> helper: "ids mapped"
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        os.close(sync_r)
+        os.close(go_w)
+        code = 125
+        try:
+            code = _helper(launch, sync_w, go_r, report_w)
+        except StartError as e:
+            _report(report_w, {"error": e.message, "code": e.code})
+            code = e.code
+        except BaseException as e:  # noqa: BLE001 (the child must never return into the CLI)
+            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    os.close(sync_w)
+    os.close(go_r)
+    error: StartError | None = None
+    try:
+        if os.read(sync_r, 1) == b"u":
+            try:
+                write_maps(pid, launch.ids)
+                os.write(go_w, b"g")
+            except Exception as e:  # noqa: BLE001
+                error = StartError(str(e))
+    finally:
+        os.close(sync_r)
+        os.close(go_w)
+    init_pid = None
+    with os.fdopen(report_r, "rb") as reports:
+        for line in reports:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "pid" in msg:
+                init_pid = int(msg["pid"])
+            elif "error" in msg and error is None:
+                error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+    return Started(pid, init_pid, error)
+
+
+def wait(started: Started) -> int:
+    """Wait for the helper (which outlives init) and return the container's exit code."""
+    def forward(signum: int, frame: object) -> None:
+        if started.init_pid is not None:
+            try:
+                os.kill(started.init_pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    # ^C on the terminal reaches init directly (same process group); the engine keeps waiting.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(started.helper_pid, 0)
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return exit_code(status)
+
+
+def exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _report(fd: int, msg: dict[str, object]) -> None:
+    try:
+        os.write(fd, json.dumps(msg).encode() + b"\n")
+    except OSError:
+        pass
+
+
+# -- the helper: user namespace, FUSE daemon, waiting for init ------------------------------------
+
+def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int) -> int:
+    for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(s, signal.SIG_IGN)  # these are for the container, which gets them from the tty
+    try:
+        linux.unshare(linux.CLONE_NEWUSER)
+    except OSError as e:
+        raise StartError(f"cannot create a user namespace: {e.strerror}") from None
+    os.write(sync_w, b"u")
+    os.close(sync_w)
+    if os.read(go_r, 1) != b"g":
+        return 125  # the parent could not map the ids and says why
+    os.close(go_r)
+    linux.unshare(linux.CLONE_NEWNS)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+
+    import pyfuse3
+
+    from fusefs.cli import MountOptions, build, fuse_options
+    from fusefs.operations import Operations
+
+    mo = MountOptions(launch.rootfs, list(launch.lowers), launch.upper, launch.work, fuse={"allow_other"})
+    fs = build(mo)
+    try:
+        pyfuse3.init(Operations(fs), launch.rootfs, fuse_options(mo))
+    except RuntimeError as e:
+        raise StartError(f"mounting the container's root on {launch.rootfs} failed: {e}") from None
+    linux.unshare(linux.CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            _init(launch, report_w)
+        except StartError as e:
+            _report(report_w, {"error": e.message, "code": e.code})
+            code = e.code
+        except BaseException as e:  # noqa: BLE001
+            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+        finally:
+            os._exit(code)
+    _report(report_w, {"pid": pid})
+    os.close(report_w)
+    if launch.fuse_log:
+        fd = os.open(launch.fuse_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return _serve_until_exit(fs, pid)
+
+
+def _serve_until_exit(fs: object, child: int) -> int:
+    import pyfuse3
+    import trio
+
+    status = 0
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async def reap() -> None:
+                nonlocal status
+                with trio.open_signal_receiver(signal.SIGCHLD) as signals:
+                    while True:
+                        done, st = os.waitpid(child, os.WNOHANG)
+                        if done:
+                            status = st
+                            pyfuse3.terminate()
+                            return
+                        async for _ in signals:
+                            break
+
+            async def flush() -> None:
+                while True:
+                    await trio.sleep(0.5)
+                    fs.flush_metadata()  # type: ignore[attr-defined]
+
+            nursery.start_soon(reap)
+            nursery.start_soon(flush)
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        try:
+            fs.close()  # type: ignore[attr-defined]
+        except OSError:
+            log.exception("closing the container's union failed")
+        pyfuse3.close(unmount=True)
+    return exit_code(status)
+
+
+# -- init: the container's own namespaces, its root, and the exec ---------------------------------
+
+def _init(launch: Launch, report_w: int) -> None:
+    os.set_inheritable(report_w, False)   # closes at the exec: the parent then knows it happened
+    linux.set_parent_death_signal(signal.SIGKILL)
+    flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
+    if launch.network == "none":
+        flags |= linux.CLONE_NEWNET
+    linux.unshare(flags)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    root = launch.rootfs
+    _mount_proc(root)
+    _mount_dev(root)
+    _mount_sys(root)
+    for target, source in launch.etc_files.items():
+        _bind_file(source, root + target)
+    linux.sethostname(launch.hostname)
+    os.chdir(root)
+    linux.pivot_root(".", ".")
+    linux.umount(".", linux.MNT_DETACH)
+    os.chdir("/")
+    _become(launch)
+
+
+def _ensure_dir(path: str) -> None:
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    except FileExistsError:
+        raise StartError(f"cannot mount on {path}: it exists and is not a directory") from None
+
+
+def _mount_proc(root: str) -> None:
+    _ensure_dir(root + "/proc")
+    linux.mount("proc", root + "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+
+
+def _mount_dev(root: str) -> None:
+    dev = root + "/dev"
+    _ensure_dir(dev)
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME, "mode=755,size=65536k")
+    for name in DEVICES:
+        if not os.path.exists("/dev/" + name):
+            continue
+        target = f"{dev}/{name}"
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o666))
+        linux.mount("/dev/" + name, target, None, linux.MS_BIND)
+    os.mkdir(dev + "/pts", 0o755)
+    try:
+        linux.mount("devpts", dev + "/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                    "newinstance,ptmxmode=0666,mode=0620")
+    except OSError as e:
+        raise StartError(f"cannot mount devpts in the container: {e.strerror}") from None
+    os.symlink("pts/ptmx", dev + "/ptmx")
+    os.mkdir(dev + "/shm", 0o1777)
+    linux.mount("shm", dev + "/shm", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+                "mode=1777,size=65536k")
+    os.mkdir(dev + "/mqueue", 0o755)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _mount_sys(root: str) -> None:
+    target = root + "/sys"
+    _ensure_dir(target)
+    linux.mount("/sys", target, None, linux.MS_BIND | linux.MS_REC)
+    # A bind mount in a user namespace keeps the original's locked flags; they must be repeated.
+    st = os.statvfs("/sys")
+    locked = 0
+    for bit, flag in ((os.ST_NOSUID, linux.MS_NOSUID), (os.ST_NODEV, linux.MS_NODEV),
+                      (os.ST_NOEXEC, linux.MS_NOEXEC)):
+        if st.f_flag & bit:
+            locked |= flag
+    try:
+        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | locked)
+    except OSError as e:
+        log.debug("cannot make /sys read-only: %s", e)
+
+
+def _bind_file(source: str, target: str) -> None:
+    parent = os.path.dirname(target)
+    _ensure_dir(parent)
+    try:
+        st = os.lstat(target)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            os.unlink(target)   # e.g. /etc/resolv.conf -> ../run/...: replaced in the writable layer, as docker
+            raise FileNotFoundError
+    except FileNotFoundError:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+    linux.mount(source, target, None, linux.MS_BIND)
+
+
+def _become(launch: Launch) -> None:
+    spec = launch.process
+    try:
+        user = resolve_user(spec.user)
+    except UserNotFound as e:
+        raise StartError(e.message) from None
+    if user.uid >= launch.ids.size or user.gid >= launch.ids.size:
+        raise StartError(f"user {spec.user} (uid {user.uid}, gid {user.gid}) is not mapped in the container: "
+                         f"this user has container ids 0..{launch.ids.size - 1}",
+                         125)
+    env = list(spec.env)
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={user.home}")
+    try:
+        os.makedirs(spec.cwd, exist_ok=True)   # docker creates a missing working directory
+    except OSError:
+        pass  # chdir below says what is wrong
+    if launch.ids.full:
+        os.setgroups([g for g in user.groups if g < launch.ids.size])
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)
+    try:
+        os.chdir(spec.cwd)
+    except OSError as e:
+        raise StartError(f"chdir to cwd (\"{spec.cwd}\") set in config.json failed: {e.strerror.lower()}", 125) \
+            if e.strerror else StartError(str(e))
+    path = _find_executable(spec.args[0], env)
+    try:
+        os.execve(path, list(spec.args), dict(e.split("=", 1) for e in env if "=" in e))
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise StartError(f'exec: "{spec.args[0]}": stat {path}: no such file or directory', 127) from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):
+            raise StartError(f'exec: "{spec.args[0]}": permission denied', 126) from None
+        raise StartError(f'exec: "{spec.args[0]}": {e.strerror}', 126) from None
+
+
+def _find_executable(name: str, env: list[str]) -> str:
+    """Look NAME up as Go's exec.LookPath does in the container, with the container's PATH."""
+    if "/" in name:
+        return name
+    path = next((e[5:] for e in env if e.startswith("PATH=")), "")
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return candidate
+    raise StartError(f'exec: "{name}": executable file not found in $PATH', 127)
+
+
+def print_error(error: StartError) -> None:
+    print(f"Error: {error.message}", file=sys.stderr)
