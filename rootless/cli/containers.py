@@ -78,6 +78,7 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 @click.option("--network", "--net", "network", type=click.Choice(["host", "none"]), default="host",
               show_default=True, help="host: the host's network; none: only a loopback device.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it is passed through as it is).")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
 @click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
               help="When to pull the image.")
 @click.option("--platform", help="Platform to pull, if the image must be pulled.")
@@ -86,21 +87,20 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 @pass_app
 def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_file: tuple[str, ...],
         workdir: str | None, user: str | None, entrypoint: str | None, name: str | None, remove: bool,
-        hostname: str | None, network: str, interactive: bool, pull: str, platform: str | None) -> None:
+        hostname: str | None, network: str, interactive: bool, detach: bool, pull: str,
+        platform: str | None) -> None:
     """Run a command in a new container."""
     from ..image.inspect import read_config
-    from ..runtime import idmap, launch, spec
-    from ..runtime.containers import now
+    from ..runtime import spec
 
     record = _image_for_run(app, image, pull, platform)
     config = read_config(app.store, record)
     image_config: dict[str, Any] = config.get("config") or {}
     env_items = [item for path in env_file for item in spec.parse_env_file(path)] + list(env)
-    containers = _containers(app)
     lowers = [str(app.store.layer_path(d)) for d in reversed(record.layers)]
     process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
                          hostname="", tty=False)
-    container = containers.create(name, {
+    container = _containers(app).create(name, {
         "Image": record.id,
         "Path": process.args[0], "Args": list(process.args[1:]),
         "Config": {"Image": image, "Entrypoint": [entrypoint] if entrypoint else image_config.get("Entrypoint"),
@@ -115,24 +115,51 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
                          hostname=host, tty=False)
     container.record["Config"].update(Hostname=host, Env=list(process.env))
-    job = launch.Launch(rootfs=str(container.rootfs), lowers=lowers, upper=str(container.upper),
-                        work=str(container.work), process=process, ids=idmap.detect(), hostname=host,
-                        etc_files=_etc_files(container, host, network), network=network,
-                        fuse_log=str(container.dir / "fusefs.log"))
+    container.record["Launch"] = {"Process": {"Args": list(process.args), "Env": list(process.env),
+                                              "Cwd": process.cwd, "User": process.user},
+                                  "Hostname": host, "Network": network, "Lowers": lowers,
+                                  "Interactive": interactive}
+    container.save()
+    sys.exit(_start(app, container, detach=detach, interactive=interactive, remove=remove))
+
+
+def _start(app: App, container: Container, *, detach: bool, interactive: bool, remove: bool) -> int:
+    """Start CONTAINER from its record; attached, wait and return its exit code."""
+    from ..runtime import idmap, launch, spec
+    from ..runtime.containers import mark_exited, mark_running
+
+    saved = container.record["Launch"]
+    p = saved["Process"]
+    process = spec.ProcessSpec(tuple(p["Args"]), tuple(p["Env"]), p["Cwd"], p["User"])
+    containers = _containers(app)
+
+    def on_exit(code: int) -> None:
+        mark_exited(container, code)
+        if remove:
+            containers.remove(container)
+
+    job = launch.Launch(rootfs=str(container.rootfs), lowers=list(saved["Lowers"]), upper=str(container.upper),
+                        work=str(container.work), process=process, ids=idmap.detect(), hostname=saved["Hostname"],
+                        etc_files=_etc_files(container, saved["Hostname"], saved["Network"]),
+                        network=saved["Network"], fuse_log=str(container.dir / "fusefs.log"),
+                        log_path=str(container.dir / "container.log"), interactive=interactive and not detach,
+                        detach=detach, on_exit=on_exit)
     sys.stdout.flush()
     sys.stderr.flush()
     started = launch.start(job)
-    container.record["State"].update(Status="running", Running=True, Pid=started.init_pid or 0, StartedAt=now())
-    container.save()
-    code = launch.wait(started)
     if started.error is not None:
+        launch.wait(started)
         click.echo(f"Error: {started.error.message}", err=True)
-        code = started.error.code
-    container.record["State"].update(Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=now())
-    container.save()
-    if remove:
-        containers.remove(container)
-    sys.exit(code)
+        if remove:
+            containers.remove(container)
+        return started.error.code
+    if started.init_pid:
+        mark_running(container, started.init_pid, started.helper_pid)
+    if detach:
+        click.echo(container.id)
+        return 0
+    code = launch.wait(started)
+    return code
 
 
 @main.command()
@@ -143,6 +170,8 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
 @pass_app
 def ps(app: App, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> None:
     """List containers."""
+    from ..runtime.containers import status_of
+
     rows = []
     for c in _containers(app).all():
         state = c.record.get("State", {})
@@ -151,12 +180,16 @@ def ps(app: App, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> No
             continue
         command = " ".join([c.record.get("Path", ""), *c.record.get("Args", [])])
         shown = json.dumps(command if no_trunc or len(command) <= 20 else command[:19] + "…", ensure_ascii=False)
-        status = "Up" if running else (f"Exited ({state.get('ExitCode', 0)}) {ago(state.get('FinishedAt', ''))}"
-                                       if state.get("Status") == "exited" else "Created")
+        if running:
+            status = "Up " + ago(state.get("StartedAt", "")).removesuffix(" ago")
+        elif state.get("Status") == "exited" or state.get("Running"):
+            status = f"Exited ({state.get('ExitCode', 0)}) {ago(state.get('FinishedAt', ''))}"
+        else:
+            status = "Created"
         rows.append({"ID": c.id if no_trunc else c.id[:12], "Image": c.record.get("Config", {}).get("Image", ""),
                      "Command": shown, "CreatedAt": c.record.get("Created", ""),
                      "RunningFor": ago(c.record.get("Created", "")), "Status": status, "Ports": "",
-                     "Names": c.name, "State": "running" if running else state.get("Status", "created")})
+                     "Names": c.name, "State": status_of(c)})
     if quiet:
         for r in rows:
             click.echo(r["ID"])
@@ -172,20 +205,9 @@ def ps(app: App, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> No
 
 
 def _is_running(c: Container) -> bool:
-    """A container recorded as running whose init is gone (killed, or the host rebooted) has exited."""
-    state = c.record.get("State", {})
-    if not state.get("Running"):
-        return False
-    pid = int(state.get("Pid") or 0)
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    return True
+    from ..runtime.containers import is_running
+
+    return is_running(c)
 
 
 @main.command()
@@ -211,3 +233,204 @@ def rm(app: App, names: tuple[str, ...], force: bool) -> None:
             failed = e
     if failed is not None:
         sys.exit(failed.exit_code)
+
+
+# -- lifecycle ----------------------------------------------------------------------------------------
+
+def _signal_number(name: str) -> int:
+    import signal
+
+    text = name.upper().removeprefix("SIG")
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(signal.Signals["SIG" + text])
+    except KeyError:
+        raise RootlessError(f"Invalid signal: {name}", "give a name such as TERM or KILL, or a number") from None
+
+
+def _wait_exit(c: Container, timeout: float | None) -> bool:
+    import time
+
+    from ..runtime.containers import is_running
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while is_running(c):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the container writes.")
+@click.option("--tail", default="all", help="Only the last N lines.")
+@click.option("-t", "--timestamps", is_flag=True, help="Show when each line was written.")
+@click.argument("name")
+@pass_app
+def logs(app: App, name: str, follow: bool, tail: str, timestamps: bool) -> None:
+    """Show what a container wrote to stdout and stderr."""
+    import time
+
+    from ..runtime.containers import is_running
+
+    c = _containers(app).get(name)
+    path = c.dir / "container.log"
+    if tail != "all" and not tail.isdigit():
+        raise RootlessError(f"invalid value for --tail: {tail}", "give a number of lines, or all")
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with f:
+        data = f.read()
+        *lines, pending = data.split(b"\n")   # a line being written stays pending
+        if tail != "all":
+            lines = lines[len(lines) - int(tail):] if int(tail) else []
+        for raw in lines:
+            _print_log_line(raw, timestamps)
+        if not follow:
+            return
+        while True:
+            running = is_running(_containers(app).get(c.id))
+            chunk = f.read()
+            if chunk:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    _print_log_line(raw, timestamps)
+            elif not running:
+                return
+            else:
+                time.sleep(0.05)
+
+
+def _print_log_line(raw: bytes, timestamps: bool) -> None:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return
+    text = entry.get("log", "")
+    stream = sys.stderr if entry.get("stream") == "stderr" else sys.stdout
+    if timestamps:
+        text = f"{entry.get('time', '')} {text}"
+    stream.write(text)
+    stream.flush()
+
+
+@main.command()
+@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True,
+              help="Seconds to wait after the stop signal before killing.")
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def stop(app: App, names: tuple[str, ...], timeout: int) -> None:
+    """Stop running containers: the image's STOPSIGNAL (default SIGTERM), then SIGKILL."""
+    failed: RootlessError | None = None
+    for name in names:
+        try:
+            c = _containers(app).get(name)
+            if _is_running(c):
+                sig = _signal_number(str((c.record.get("Config") or {}).get("StopSignal") or "SIGTERM"))
+                pid = int(c.record["State"]["Pid"])
+                _kill(pid, sig)
+                if not _wait_exit(c, timeout):
+                    _kill(pid, 9)
+                    _wait_exit(c, None)
+            click.echo(name)
+        except RootlessError as e:
+            click.echo(f"Error: {e.message}", err=True)
+            failed = e
+    if failed is not None:
+        sys.exit(failed.exit_code)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@main.command()
+@click.option("-s", "--signal", "sig", default="KILL", show_default=True, help="The signal to send.")
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def kill(app: App, names: tuple[str, ...], sig: str) -> None:
+    """Send a signal to running containers."""
+    number = _signal_number(sig)
+    failed: RootlessError | None = None
+    for name in names:
+        try:
+            c = _containers(app).get(name)
+            if not _is_running(c):
+                raise RootlessError(f"cannot kill container: {name}: container {c.id} is not running")
+            _kill(int(c.record["State"]["Pid"]), number)
+            click.echo(name)
+        except RootlessError as e:
+            click.echo(f"Error: {e.message}", err=True)
+            failed = e
+    if failed is not None:
+        sys.exit(failed.exit_code)
+
+
+@main.command("wait")
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def wait_cmd(app: App, names: tuple[str, ...]) -> None:
+    """Wait for containers to exit and print their exit codes."""
+    for name in names:
+        c = _containers(app).get(name)
+        _wait_exit(c, None)
+        click.echo(_containers(app).get(c.id).record["State"].get("ExitCode", 0))
+
+
+@main.command()
+@click.option("-a", "--attach", is_flag=True, help="Attach to its output and wait for it.")
+@click.option("-i", "--interactive", is_flag=True, help="Attach stdin.")
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def start(app: App, names: tuple[str, ...], attach: bool, interactive: bool) -> None:
+    """Start stopped containers; their writable layer is kept."""
+    code = 0
+    for name in names:
+        c = _containers(app).get(name)
+        if _is_running(c):
+            click.echo(name)
+            continue
+        if attach:
+            code = _start(app, c, detach=False, interactive=interactive, remove=False)
+        else:
+            code = _start_quiet(app, c)
+            click.echo(name)
+    sys.exit(code)
+
+
+def _start_quiet(app: App, c: Container) -> int:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _start(app, c, detach=True, interactive=False, remove=bool(c.record["HostConfig"].get("AutoRemove")))
+
+
+@main.command()
+@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True,
+              help="Seconds to wait after the stop signal before killing.")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def restart(ctx: click.Context, names: tuple[str, ...], timeout: int) -> None:
+    """Stop and start containers again."""
+    for name in names:
+        with _quiet():
+            ctx.invoke(stop, names=(name,), timeout=timeout)
+        c = _containers(ctx.obj).get(name)
+        _start_quiet(ctx.obj, c)
+        click.echo(name)
+
+
+def _quiet():  # type: ignore[no-untyped-def]
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())

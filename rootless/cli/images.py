@@ -278,12 +278,12 @@ def _looks_like_id(name: str, image: ImageRecord) -> bool:
 
 # -- inspect / history ------------------------------------------------------------------------------
 
-def _inspect_images(app: App, names: Sequence[str], fmt: str | None) -> None:
+def _inspect_images(app: App, names: Sequence[str], fmt: str | None, kinds: Sequence[str] = ("image",)) -> None:
     docs = []
     missing = []
     for name in names:
         try:
-            docs.append(_inspect().inspect(app.store, app.store.resolve(name)))
+            docs.append(_inspect_one(app, name, kinds))
         except (ImageNotFound, AmbiguousImageId) as e:
             missing.append(e)
     if fmt:
@@ -298,14 +298,31 @@ def _inspect_images(app: App, names: Sequence[str], fmt: str | None) -> None:
         sys.exit(missing[-1].exit_code)
 
 
+def _inspect_one(app: App, name: str, kinds: Sequence[str]) -> dict[str, Any]:
+    """docker's order: a container of that name or id first, then an image."""
+    if "container" in kinds:
+        from ..runtime.containers import ContainerNotFound, Containers, inspect_doc
+
+        try:
+            return inspect_doc(Containers(app.config).get(name))
+        except ContainerNotFound:
+            if kinds == ("container",):
+                raise ImageNotFound(f"no such container: {name}", "list them with rootless ps -a") from None
+    try:
+        return _inspect().inspect(app.store, app.store.resolve(name))  # type: ignore[no-any-return]
+    except ImageNotFound:
+        raise ImageNotFound(f"no such object: {name}" if "container" in kinds else f"no such image: {name}",
+                            "list them with rootless ps -a and rootless images") from None
+
+
 @main.command("inspect")
 @click.option("-f", "--format", "fmt", help="A template such as '{{.Config.Cmd}}', or 'json'.")
-@click.option("--type", "kind", type=click.Choice(["image"]), default="image", help="What the names refer to.")
+@click.option("--type", "kind", type=click.Choice(["container", "image"]), help="What the names refer to.")
 @click.argument("names", nargs=-1, required=True)
 @pass_app
-def inspect_cmd(app: App, names: tuple[str, ...], fmt: str | None, kind: str) -> None:
-    """Show low-level information about images, as JSON."""
-    _inspect_images(app, names, fmt)
+def inspect_cmd(app: App, names: tuple[str, ...], fmt: str | None, kind: str | None) -> None:
+    """Show low-level information about containers or images, as JSON."""
+    _inspect_images(app, names, fmt, (kind,) if kind else ("container", "image"))
 
 
 @main.command()

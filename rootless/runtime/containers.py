@@ -171,3 +171,106 @@ def _write_atomic(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+# -- state: running or not, across engine exits and reboots ---------------------------------------
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def is_running(container: Container) -> bool:
+    """Recorded as running, and its init is that very process of this boot: not a reused pid, not a ghost
+    from before a reboot or of a helper killed with -9."""
+    state = container.record.get("State", {})
+    if not state.get("Running"):
+        return False
+    pid = int(state.get("Pid") or 0)
+    if pid <= 0 or state.get("BootId") != boot_id():
+        return False
+    started = process_start_time(pid)
+    return started is not None and started == state.get("StartTicks")
+
+
+def status_of(container: Container) -> str:
+    state = container.record.get("State", {})
+    if is_running(container):
+        return "running"
+    if state.get("Running"):
+        return "exited"     # it died without its helper recording it
+    return str(state.get("Status", "created"))
+
+
+def mark_running(container: Container, pid: int, helper_pid: int) -> None:
+    container.record["State"].update(Status="running", Running=True, Pid=pid, HelperPid=helper_pid,
+                                     StartedAt=now(), FinishedAt="0001-01-01T00:00:00Z", ExitCode=0,
+                                     BootId=boot_id(), StartTicks=process_start_time(pid))
+    container.save()
+
+
+def mark_exited(container: Container, code: int) -> None:
+    """Record the end; re-read first, so that what another process wrote meanwhile is kept."""
+    try:
+        container.record = json.loads((container.dir / "config.json").read_bytes())
+    except (OSError, ValueError):
+        pass
+    container.record["State"].update(Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=now())
+    container.save()
+
+
+def inspect_doc(container: Container) -> dict[str, Any]:
+    """docker's ``inspect`` of a container, from the record (State brought up to date)."""
+    r = container.record
+    state = dict(r.get("State", {}))
+    status = status_of(container)
+    running = status == "running"
+    if state.get("Running") and not running:
+        state.update(ExitCode=state.get("ExitCode") or 137, FinishedAt=state.get("FinishedAt"))
+    config = dict(r.get("Config", {}))
+    config.setdefault("Tty", False)
+    host = dict(r.get("HostConfig", {}))
+    return {
+        "Id": container.id,
+        "Created": r.get("Created", ""),
+        "Path": r.get("Path", ""),
+        "Args": r.get("Args", []),
+        "State": {"Status": status, "Running": running, "Paused": False, "Restarting": False,
+                  "OOMKilled": False, "Dead": False, "Pid": state.get("Pid", 0) if running else 0,
+                  "ExitCode": state.get("ExitCode", 0), "Error": "",
+                  "StartedAt": state.get("StartedAt", ""), "FinishedAt": state.get("FinishedAt", "")},
+        "Image": r.get("Image", ""),
+        "ResolvConfPath": str(container.dir / "resolv.conf"),
+        "HostnamePath": str(container.dir / "hostname"),
+        "HostsPath": str(container.dir / "hosts"),
+        "LogPath": str(container.dir / "container.log"),
+        "Name": r.get("Name", ""),
+        "RestartCount": 0,
+        "Driver": "fusefs",
+        "Platform": "linux",
+        "HostConfig": host,
+        "GraphDriver": {"Name": "fusefs", "Data": {"UpperDir": str(container.upper),
+                                                    "WorkDir": str(container.work),
+                                                    "MergedDir": str(container.rootfs),
+                                                    "LowerDir": ":".join(r.get("Launch", {}).get("Lowers", []))}},
+        "Mounts": r.get("Mounts", []),
+        "Config": config,
+        "NetworkSettings": r.get("NetworkSettings", {}),
+    }

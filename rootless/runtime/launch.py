@@ -26,7 +26,9 @@ import signal
 import stat
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from . import linux
 from .idmap import IdMap, write_maps
@@ -62,6 +64,13 @@ class Launch:
     etc_files: dict[str, str] = field(default_factory=dict)   # /etc/hosts -> the generated file
     network: str = "host"         # host | none
     fuse_log: str | None = None
+    log_path: str | None = None   # docker's json-file log of the container's stdout and stderr
+    interactive: bool = False     # -i: the container reads the caller's stdin (else /dev/null)
+    detach: bool = False          # -d: the helper leaves the caller's session and terminal
+    #: Called in the helper once the container has exited and its root is unmounted, with
+    #: the exit code: records the state, removes an --rm container.  The helper outlives
+    #: a detached run's caller, so this is the only place that sees the end.
+    on_exit: Callable[[int], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -82,13 +91,14 @@ def start(launch: Launch) -> Started:
         os.close(sync_r)
         os.close(go_w)
         code = 125
+        closed_report = [False]
         try:
-            code = _helper(launch, sync_w, go_r, report_w)
+            code = _helper(launch, sync_w, go_r, report_w, closed_report)
         except StartError as e:
-            _report(report_w, {"error": e.message, "code": e.code})
+            _helper_error(report_w, closed_report, e.message, e.code)
             code = e.code
         except BaseException as e:  # noqa: BLE001 (the child must never return into the CLI)
-            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+            _helper_error(report_w, closed_report, f"internal error: {e!r}\n{traceback.format_exc()}", 125)
         finally:
             os._exit(code)
     os.close(report_w)
@@ -150,6 +160,17 @@ def exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def _helper_error(report_w: int, closed: list[bool], message: str, code: int) -> None:
+    """Before init runs the parent hears of it; after, the helper's log (its stderr) does."""
+    if not closed[0]:
+        _report(report_w, {"error": message, "code": code})
+    else:
+        try:
+            os.write(2, f"rootless helper: {message}\n".encode())
+        except OSError:
+            pass
+
+
 def _report(fd: int, msg: dict[str, object]) -> None:
     try:
         os.write(fd, json.dumps(msg).encode() + b"\n")
@@ -159,9 +180,12 @@ def _report(fd: int, msg: dict[str, object]) -> None:
 
 # -- the helper: user namespace, FUSE daemon, waiting for init ------------------------------------
 
-def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int) -> int:
+def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report: list[bool]) -> int:
     for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
         signal.signal(s, signal.SIG_IGN)  # these are for the container, which gets them from the tty
+    if launch.detach:
+        os.setsid()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         linux.unshare(linux.CLONE_NEWUSER)
     except OSError as e:
@@ -185,36 +209,144 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int) -> int:
         pyfuse3.init(Operations(fs), launch.rootfs, fuse_options(mo))
     except RuntimeError as e:
         raise StartError(f"mounting the container's root on {launch.rootfs} failed: {e}") from None
-    linux.unshare(linux.CLONE_NEWPID)
-    pid = os.fork()
-    if pid == 0:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    # A process that unshared a pid namespace can no longer start threads (clone(2): EINVAL),
+    # and this one serves FUSE with trio's threads: a middle process makes the namespace,
+    # forks init into it and passes init's exit status on as its own.
+    middle = os.fork()
+    if middle == 0:
         code = 125
         try:
-            _init(launch, report_w)
-        except StartError as e:
-            _report(report_w, {"error": e.message, "code": e.code})
-            code = e.code
+            os.close(out_r)
+            os.close(err_r)
+            linux.set_parent_death_signal(signal.SIGKILL)
+            linux.unshare(linux.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _stdio(launch, out_w, err_w)
+                    _init(launch, report_w)
+                except StartError as e:
+                    _report(report_w, {"error": e.message, "code": e.code})
+                    code = e.code
+                except BaseException as e:  # noqa: BLE001
+                    _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+                finally:
+                    os._exit(code)
+            _report(report_w, {"pid": pid})
+            for fd in (report_w, out_w, err_w, 0, 1, 2):
+                os.close(fd)
+            while True:
+                try:
+                    _, status = os.waitpid(pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+            code = exit_code(status)
         except BaseException as e:  # noqa: BLE001
             _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
         finally:
             os._exit(code)
-    _report(report_w, {"pid": pid})
+    pid = middle
     os.close(report_w)
+    closed_report[0] = True
+    os.close(out_w)
+    os.close(err_w)
+    # The caller's stdout and stderr, where an attached run copies the output to.
+    outputs = None if launch.detach else (os.dup(1), os.dup(2))
     if launch.fuse_log:
         fd = os.open(launch.fuse_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 2)
         os.close(fd)
-    return _serve_until_exit(fs, pid)
+    if launch.detach:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+    code = _serve_until_exit(fs, pid, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs)
+    if launch.on_exit is not None:
+        try:
+            launch.on_exit(code)
+        except Exception:  # noqa: BLE001 (recorded in the helper's log; the exit code still counts)
+            log.exception("recording the container's exit failed")
+    return code
 
 
-def _serve_until_exit(fs: object, child: int) -> int:
+def _stdio(launch: Launch, out_w: int, err_w: int) -> None:
+    """init's 0, 1, 2: the caller's stdin with -i (else /dev/null), and the pipes the helper logs."""
+    if not launch.interactive:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.close(out_w)
+    os.close(err_w)
+
+
+class _LogWriter:
+    """docker's json-file format: one ``{"log", "stream", "time"}`` object per line of output."""
+
+    def __init__(self, path: str | None) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) if path else -1
+        self.partial: dict[str, bytes] = {}
+
+    def write(self, stream: str, data: bytes) -> None:
+        if self.fd < 0:
+            return
+        text = self.partial.pop(stream, b"") + data
+        lines = text.split(b"\n")
+        rest = lines.pop()
+        if len(rest) > 16384:      # docker cuts very long lines too
+            lines.append(rest)
+            rest = b""
+        if rest:
+            self.partial[stream] = rest
+        self._emit(stream, [line + b"\n" for line in lines])
+
+    def close(self) -> None:
+        for stream, rest in list(self.partial.items()):
+            self._emit(stream, [rest])
+        self.partial.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _emit(self, stream: str, chunks: list[bytes]) -> None:
+        if not chunks:
+            return
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out = b"".join(json.dumps({"log": c.decode("utf-8", "replace"), "stream": stream, "time": now}).encode()
+                       + b"\n" for c in chunks)
+        os.write(self.fd, out)
+
+
+def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], log_path: str | None,
+                      outputs: tuple[int, int] | None) -> int:
     import pyfuse3
     import trio
 
     status = 0
+    logger = _LogWriter(log_path)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            pumped = trio.Event()
+
+            async def pump_all() -> None:
+                async with trio.open_nursery() as pumps:
+                    for index, (fd, name) in enumerate(streams):
+                        pumps.start_soon(pump, fd, name, outputs[index] if outputs else None)
+                pumped.set()
+
+            async def pump(fd: int, name: str, out: int | None) -> None:
+                async with trio.lowlevel.FdStream(fd) as stream:
+                    while data := await stream.receive_some(65536):
+                        logger.write(name, data)
+                        if out is not None:
+                            await trio.to_thread.run_sync(_write_all, out, data)
+
             async def reap() -> None:
                 nonlocal status
                 with trio.open_signal_receiver(signal.SIGCHLD) as signals:
@@ -222,16 +354,20 @@ def _serve_until_exit(fs: object, child: int) -> int:
                         done, st = os.waitpid(child, os.WNOHANG)
                         if done:
                             status = st
-                            pyfuse3.terminate()
-                            return
+                            break
                         async for _ in signals:
                             break
+                # What init wrote before it exited is still in the pipes: let the pumps finish.
+                with trio.move_on_after(5):
+                    await pumped.wait()
+                pyfuse3.terminate()
 
             async def flush() -> None:
                 while True:
                     await trio.sleep(0.5)
                     fs.flush_metadata()  # type: ignore[attr-defined]
 
+            nursery.start_soon(pump_all)
             nursery.start_soon(reap)
             nursery.start_soon(flush)
             await pyfuse3.main(min_tasks=1, max_tasks=1)
@@ -240,12 +376,22 @@ def _serve_until_exit(fs: object, child: int) -> int:
     try:
         trio.run(main)
     finally:
+        logger.close()
         try:
             fs.close()  # type: ignore[attr-defined]
         except OSError:
             log.exception("closing the container's union failed")
         pyfuse3.close(unmount=True)
     return exit_code(status)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BrokenPipeError:
+            return   # the caller went away (a detached reader, `| head`): the log still has it
 
 
 # -- init: the container's own namespaces, its root, and the exec ---------------------------------
