@@ -434,3 +434,36 @@ def _quiet():  # type: ignore[no-untyped-def]
     import io
 
     return contextlib.redirect_stdout(io.StringIO())
+
+
+@main.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-e", "--env", "env", multiple=True, help="Set an environment variable.")
+@click.option("--env-file", multiple=True, type=click.Path(dir_okay=False), help="Read variables from a file.")
+@click.option("-u", "--user", help="name|uid[:group|gid] (default: the container's user).")
+@click.option("-w", "--workdir", help="Working directory (default: the container's).")
+@click.option("-i", "--interactive", is_flag=True, help="Pass stdin through.")
+@click.argument("name")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_app
+def exec_cmd(app: App, name: str, args: tuple[str, ...], env: tuple[str, ...], env_file: tuple[str, ...],
+             user: str | None, workdir: str | None, interactive: bool) -> None:
+    """Run a command in a running container."""
+    from ..runtime import idmap, launch, spec
+
+    c = _containers(app).get(name)
+    if not _is_running(c):
+        raise RootlessError(f"container {c.id} is not running", f"start it first: rootless start {name}")
+    saved = c.record["Launch"]["Process"]
+    items = [item for path in env_file for item in spec.parse_env_file(path)] + list(env)
+    merged = spec.environment({"Env": saved["Env"]}, items, c.record["Config"].get("Hostname", ""), False)
+    cwd = workdir if workdir is not None else saved["Cwd"]
+    if not cwd.startswith("/"):
+        raise RootlessError(f"the working directory '{cwd}' is invalid, it needs to be an absolute path")
+    process = spec.ProcessSpec(tuple(args), merged, cwd, user if user is not None else saved["User"])
+    sys.stdout.flush()
+    try:
+        code = launch.exec_in(int(c.record["State"]["Pid"]), process, idmap.detect(), interactive=interactive)
+    except launch.StartError as e:
+        click.echo(f"Error: {e.message}", err=True)
+        sys.exit(e.code)
+    sys.exit(code)

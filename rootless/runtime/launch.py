@@ -415,7 +415,7 @@ def _init(launch: Launch, report_w: int) -> None:
     linux.pivot_root(".", ".")
     linux.umount(".", linux.MNT_DETACH)
     os.chdir("/")
-    _become(launch)
+    _become(launch.process, launch.ids)
 
 
 def _ensure_dir(path: str) -> None:
@@ -486,15 +486,15 @@ def _bind_file(source: str, target: str) -> None:
     linux.mount(source, target, None, linux.MS_BIND)
 
 
-def _become(launch: Launch) -> None:
-    spec = launch.process
+def _become(spec: ProcessSpec, ids: IdMap) -> None:
+    """Take on the user SPEC names (looked up in the container's files), go to its directory, exec."""
     try:
         user = resolve_user(spec.user)
     except UserNotFound as e:
         raise StartError(e.message) from None
-    if user.uid >= launch.ids.size or user.gid >= launch.ids.size:
+    if user.uid >= ids.size or user.gid >= ids.size:
         raise StartError(f"user {spec.user} (uid {user.uid}, gid {user.gid}) is not mapped in the container: "
-                         f"this user has container ids 0..{launch.ids.size - 1}",
+                         f"this user has container ids 0..{ids.size - 1}",
                          125)
     env = list(spec.env)
     if not any(e.startswith("HOME=") for e in env):
@@ -503,8 +503,8 @@ def _become(launch: Launch) -> None:
         os.makedirs(spec.cwd, exist_ok=True)   # docker creates a missing working directory
     except OSError:
         pass  # chdir below says what is wrong
-    if launch.ids.full:
-        os.setgroups([g for g in user.groups if g < launch.ids.size])
+    if ids.full:
+        os.setgroups([g for g in user.groups if g < ids.size])
     os.setresgid(user.gid, user.gid, user.gid)
     os.setresuid(user.uid, user.uid, user.uid)
     try:
@@ -537,6 +537,98 @@ def _find_executable(name: str, env: list[str]) -> str:
         if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
             return candidate
     raise StartError(f'exec: "{name}": executable file not found in $PATH', 127)
+
+
+# -- exec: a new process in a running container's namespaces ------------------------------------
+
+#: setns order: the user namespace first (it grants the rights for the others), pid last
+#: (it only applies to children).
+EXEC_NAMESPACES = ("user", "mnt", "uts", "ipc", "net", "pid")
+
+
+def exec_in(init_pid: int, process: ProcessSpec, ids: IdMap, *, interactive: bool) -> int:
+    """Run PROCESS inside the container whose init is INIT_PID; return its exit code.
+
+    The caller must be single-threaded: a threaded process cannot join a user namespace.
+    """
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        code = 125
+        try:
+            code = _exec_child(init_pid, process, ids, interactive, report_w)
+        except StartError as e:
+            _report(report_w, {"error": e.message, "code": e.code})
+            code = e.code
+        except BaseException as e:  # noqa: BLE001
+            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    error: StartError | None = None
+    with os.fdopen(report_r, "rb") as reports:
+        for line in reports:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "error" in msg and error is None:
+                error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+    code = wait(Started(pid, None, None))
+    if error is not None:
+        raise error
+    return code
+
+
+def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bool, report_w: int) -> int:
+    fds = []
+    try:
+        for ns in EXEC_NAMESPACES:
+            try:
+                fds.append((ns, os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)))
+            except FileNotFoundError:
+                raise StartError(f"container process {init_pid} is gone: the container is not running") from None
+        # Read before the first setns: after the mount namespace, /proc is the container's.
+        same_net = os.readlink("/proc/self/ns/net") == os.readlink(f"/proc/{init_pid}/ns/net")
+        for ns, fd in fds:
+            if ns == "net" and same_net:
+                continue   # --network host: already there, and joining it again is refused
+            try:
+                linux.setns(fd)
+            except OSError as e:
+                raise StartError(f"cannot join the container's {ns} namespace: {e.strerror}") from None
+    finally:
+        for _, fd in fds:
+            os.close(fd)
+    os.chdir("/")
+    pid = os.fork()      # only a child enters the pid namespace
+    if pid == 0:
+        code = 125
+        try:
+            linux.set_parent_death_signal(signal.SIGKILL)
+            if not interactive:
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+            os.set_inheritable(report_w, False)
+            _become(process, ids)
+        except StartError as e:
+            _report(report_w, {"error": e.message, "code": e.code})
+            code = e.code
+        except BaseException as e:  # noqa: BLE001
+            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    for s in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_IGN)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return exit_code(status)
+        except InterruptedError:
+            continue
 
 
 def print_error(error: StartError) -> None:

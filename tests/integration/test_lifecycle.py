@@ -137,3 +137,30 @@ def test_a_container_whose_processes_vanished_shows_as_exited(image: tuple[Cli, 
     assert "Exited" in ok(cli, "ps", "-a", "--format", "{{.Names}} {{.Status}}")
     assert "ghost" not in ok(cli, "ps", "--format", "{{.Names}}")
     ok(cli, "rm", "ghost")
+
+
+def test_exec_joins_the_running_container(image: tuple[Cli, str]) -> None:
+    cli, name = image
+    ok(cli, "run", "-d", "--name", "target", "-e", "FROM_RUN=1", "-w", "/tmp", name, "sh", "-c",
+       "echo made-by-init > /tmp/mark; while :; do sleep 0.1; done")
+    time.sleep(0.3)
+    out = ok(cli, "exec", "target", "sh", "-c", "cat /tmp/mark; pwd; echo $FROM_RUN; hostname; cat /proc/1/cmdline")
+    lines = out.splitlines()
+    assert lines[:3] == ["made-by-init", "/tmp", "1"]
+    assert lines[3] == state_id(cli, "target")[:12]
+    assert lines[4].startswith("sh")                       # the container's pid 1 is its init, in its pid ns
+    assert ok(cli, "exec", "-i", "target", "cat", input="through stdin\n") == "through stdin\n"
+    assert ok(cli, "exec", "-u", "1000:1000", "-w", "/", "-e", "X=2", "target", "sh", "-c",
+              "id -u; id -g; pwd; echo $X") == "1000\n1000\n/\n2\n"
+    failed = cli.proc("exec", "target", "sh", "-c", "exit 9")
+    assert failed.returncode == 9
+    missing = cli.proc("exec", "target", "nothere")
+    assert missing.returncode == 127 and 'exec: "nothere": executable file not found in $PATH' in missing.stderr
+    ok(cli, "stop", "-t", "1", "target")
+    stopped = cli.proc("exec", "target", "true")
+    assert stopped.returncode == 125 and "is not running" in stopped.stderr
+    ok(cli, "rm", "target")
+
+
+def state_id(cli: Cli, name: str) -> str:
+    return json.loads(ok(cli, "inspect", name))[0]["Id"]
