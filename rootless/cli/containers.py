@@ -79,6 +79,7 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
               show_default=True, help="host: the host's network; none: only a loopback device.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it is passed through as it is).")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
 @click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
               help="When to pull the image.")
 @click.option("--platform", help="Platform to pull, if the image must be pulled.")
@@ -87,7 +88,7 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 @pass_app
 def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_file: tuple[str, ...],
         workdir: str | None, user: str | None, entrypoint: str | None, name: str | None, remove: bool,
-        hostname: str | None, network: str, interactive: bool, detach: bool, pull: str,
+        hostname: str | None, network: str, interactive: bool, detach: bool, tty: bool, pull: str,
         platform: str | None) -> None:
     """Run a command in a new container."""
     from ..image.inspect import read_config
@@ -113,12 +114,12 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     })
     host = hostname or container.id[:12]
     process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
-                         hostname=host, tty=False)
-    container.record["Config"].update(Hostname=host, Env=list(process.env))
+                         hostname=host, tty=tty)
+    container.record["Config"].update(Hostname=host, Env=list(process.env), Tty=tty, OpenStdin=interactive)
     container.record["Launch"] = {"Process": {"Args": list(process.args), "Env": list(process.env),
                                               "Cwd": process.cwd, "User": process.user},
                                   "Hostname": host, "Network": network, "Lowers": lowers,
-                                  "Interactive": interactive}
+                                  "Interactive": interactive, "Tty": tty}
     container.save()
     sys.exit(_start(app, container, detach=detach, interactive=interactive, remove=remove))
 
@@ -144,9 +145,23 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
                         network=saved["Network"], fuse_log=str(container.dir / "fusefs.log"),
                         log_path=str(container.dir / "container.log"), interactive=interactive and not detach,
                         detach=detach, on_exit=on_exit)
+    pair = None
+    if saved.get("Tty"):
+        import socket
+
+        from ..runtime.tty import terminal_size
+
+        pair = socket.socketpair()
+        job.tty_socket, job.tty_receiver, job.winsize = pair[1].fileno(), pair[0].fileno(), terminal_size()
     sys.stdout.flush()
     sys.stderr.flush()
     started = launch.start(job)
+    master = None
+    if pair is not None:
+        pair[1].close()
+        if not detach and started.error is None:
+            master = launch.receive_fd(pair[0])
+        pair[0].close()
     if started.error is not None:
         launch.wait(started)
         click.echo(f"Error: {started.error.message}", err=True)
@@ -158,8 +173,11 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
     if detach:
         click.echo(container.id)
         return 0
-    code = launch.wait(started)
-    return code
+    if master is not None:
+        from ..runtime.tty import relay
+
+        relay(master, interactive=interactive, log_path=str(container.dir / "container.log"))
+    return launch.wait(started)
 
 
 @main.command()
@@ -442,11 +460,12 @@ def _quiet():  # type: ignore[no-untyped-def]
 @click.option("-u", "--user", help="name|uid[:group|gid] (default: the container's user).")
 @click.option("-w", "--workdir", help="Working directory (default: the container's).")
 @click.option("-i", "--interactive", is_flag=True, help="Pass stdin through.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
 @click.argument("name")
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_app
 def exec_cmd(app: App, name: str, args: tuple[str, ...], env: tuple[str, ...], env_file: tuple[str, ...],
-             user: str | None, workdir: str | None, interactive: bool) -> None:
+             user: str | None, workdir: str | None, interactive: bool, tty: bool) -> None:
     """Run a command in a running container."""
     from ..runtime import idmap, launch, spec
 
@@ -455,14 +474,15 @@ def exec_cmd(app: App, name: str, args: tuple[str, ...], env: tuple[str, ...], e
         raise RootlessError(f"container {c.id} is not running", f"start it first: rootless start {name}")
     saved = c.record["Launch"]["Process"]
     items = [item for path in env_file for item in spec.parse_env_file(path)] + list(env)
-    merged = spec.environment({"Env": saved["Env"]}, items, c.record["Config"].get("Hostname", ""), False)
+    merged = spec.environment({"Env": saved["Env"]}, items, c.record["Config"].get("Hostname", ""), tty)
     cwd = workdir if workdir is not None else saved["Cwd"]
     if not cwd.startswith("/"):
         raise RootlessError(f"the working directory '{cwd}' is invalid, it needs to be an absolute path")
     process = spec.ProcessSpec(tuple(args), merged, cwd, user if user is not None else saved["User"])
     sys.stdout.flush()
     try:
-        code = launch.exec_in(int(c.record["State"]["Pid"]), process, idmap.detect(), interactive=interactive)
+        code = launch.exec_in(int(c.record["State"]["Pid"]), process, idmap.detect(), interactive=interactive,
+                              tty=tty)
     except launch.StartError as e:
         click.echo(f"Error: {e.message}", err=True)
         sys.exit(e.code)

@@ -19,12 +19,16 @@ exec closes (close-on-exec), with docker's exit code: 125 engine, 126 cannot exe
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import stat
+import struct
 import sys
+import termios
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +42,9 @@ log = logging.getLogger(__name__)
 
 #: Device nodes bound from the host into the container's /dev (mknod needs real root).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StartError(Exception):
@@ -67,6 +73,12 @@ class Launch:
     log_path: str | None = None   # docker's json-file log of the container's stdout and stderr
     interactive: bool = False     # -i: the container reads the caller's stdin (else /dev/null)
     detach: bool = False          # -d: the helper leaves the caller's session and terminal
+    #: -t: init opens a pty in the container's own devpts and sends its master through
+    #: this socket (the child's end of a socketpair) to whoever relays it: the caller when
+    #: attached, the helper (into the log) when detached.
+    tty_socket: int | None = None
+    tty_receiver: int | None = None   # the other end: the helper reads the master from it when detached
+    winsize: bytes | None = None  # the caller's terminal size, for the pty
     #: Called in the helper once the container has exited and its root is unmounted, with
     #: the exit code: records the state, removes an --rm container.  The helper outlives
     #: a detached run's caller, so this is the only place that sees the end.
@@ -235,7 +247,7 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
                 finally:
                     os._exit(code)
             _report(report_w, {"pid": pid})
-            for fd in (report_w, out_w, err_w, 0, 1, 2):
+            for fd in (report_w, out_w, err_w, 0, 1, 2, *([launch.tty_socket] if launch.tty_socket else [])):
                 os.close(fd)
             while True:
                 try:
@@ -249,6 +261,8 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
         finally:
             os._exit(code)
     pid = middle
+    if launch.tty_socket is not None:
+        os.close(launch.tty_socket)
     os.close(report_w)
     closed_report[0] = True
     os.close(out_w)
@@ -264,7 +278,8 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
         os.dup2(null, 0)
         os.dup2(null, 1)
         os.close(null)
-    code = _serve_until_exit(fs, pid, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs)
+    receiver = launch.tty_receiver if launch.detach else None
+    code = _serve_until_exit(fs, pid, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs, receiver)
     if launch.on_exit is not None:
         try:
             launch.on_exit(code)
@@ -285,7 +300,7 @@ def _stdio(launch: Launch, out_w: int, err_w: int) -> None:
     os.close(err_w)
 
 
-class _LogWriter:
+class LogWriter:
     """docker's json-file format: one ``{"log", "stream", "time"}`` object per line of output."""
 
     def __init__(self, path: str | None) -> None:
@@ -323,12 +338,12 @@ class _LogWriter:
 
 
 def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], log_path: str | None,
-                      outputs: tuple[int, int] | None) -> int:
+                      outputs: tuple[int, int] | None, tty_receiver: int | None = None) -> int:
     import pyfuse3
     import trio
 
     status = 0
-    logger = _LogWriter(log_path)
+    logger = LogWriter(log_path)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -338,14 +353,26 @@ def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], lo
                 async with trio.open_nursery() as pumps:
                     for index, (fd, name) in enumerate(streams):
                         pumps.start_soon(pump, fd, name, outputs[index] if outputs else None)
+                    if tty_receiver is not None:
+                        pumps.start_soon(pump_tty, tty_receiver)
                 pumped.set()
 
             async def pump(fd: int, name: str, out: int | None) -> None:
                 async with trio.lowlevel.FdStream(fd) as stream:
-                    while data := await stream.receive_some(65536):
-                        logger.write(name, data)
-                        if out is not None:
-                            await trio.to_thread.run_sync(_write_all, out, data)
+                    try:
+                        while data := await stream.receive_some(65536):
+                            logger.write(name, data)
+                            if out is not None:
+                                await trio.to_thread.run_sync(write_all, out, data)
+                    except (OSError, trio.BrokenResourceError):
+                        pass   # a pty master reads EIO once the container side is closed
+
+            async def pump_tty(sock_fd: int) -> None:
+                with socket.socket(fileno=sock_fd) as sock:
+                    await trio.lowlevel.wait_readable(sock)
+                    master = receive_fd(sock)
+                if master is not None:
+                    await pump(master, "stdout", None)
 
             async def reap() -> None:
                 nonlocal status
@@ -385,7 +412,7 @@ def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], lo
     return exit_code(status)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
@@ -407,6 +434,8 @@ def _init(launch: Launch, report_w: int) -> None:
     root = launch.rootfs
     _mount_proc(root)
     _mount_dev(root)
+    if launch.tty_socket is not None:
+        _take_pty(root + "/dev/pts", launch.tty_socket, launch.winsize)
     _mount_sys(root)
     for target, source in launch.etc_files.items():
         _bind_file(source, root + target)
@@ -416,6 +445,40 @@ def _init(launch: Launch, report_w: int) -> None:
     linux.umount(".", linux.MNT_DETACH)
     os.chdir("/")
     _become(launch.process, launch.ids)
+
+
+def open_pty(pts: str) -> tuple[int, int]:
+    """A new pty of the devpts instance mounted at PTS: (master, slave)."""
+    master = os.open(pts + "/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    slave = os.open(f"{pts}/{number}", os.O_RDWR | os.O_NOCTTY)
+    return master, slave
+
+
+def _take_pty(pts: str, sock_fd: int, winsize: bytes | None) -> None:
+    """Make a pty the controlling terminal and stdio of this process; hand its master over SOCK_FD."""
+    master, slave = open_pty(pts)
+    if winsize:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
+    with socket.socket(fileno=sock_fd) as sock:
+        sock.sendmsg([b"m"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
+    os.close(master)
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def receive_fd(sock: socket.socket) -> int | None:
+    """The fd sent with SCM_RIGHTS on SOCK, or None when the sender went away without one."""
+    msg, ancdata, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("i")))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+            return int(struct.unpack("i", data[:4])[0])
+    return None
 
 
 def _ensure_dir(path: str) -> None:
@@ -486,8 +549,22 @@ def _bind_file(source: str, target: str) -> None:
     linux.mount(source, target, None, linux.MS_BIND)
 
 
+def _default_signals() -> None:
+    """Python ignores SIGPIPE and the engine ignored ^C and friends: an exec keeps ignored signals,
+    so the command would inherit all that.  It starts as from a shell instead."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def _become(spec: ProcessSpec, ids: IdMap) -> None:
     """Take on the user SPEC names (looked up in the container's files), go to its directory, exec."""
+    _default_signals()
     try:
         user = resolve_user(spec.user)
     except UserNotFound as e:
@@ -546,18 +623,28 @@ def _find_executable(name: str, env: list[str]) -> str:
 EXEC_NAMESPACES = ("user", "mnt", "uts", "ipc", "net", "pid")
 
 
-def exec_in(init_pid: int, process: ProcessSpec, ids: IdMap, *, interactive: bool) -> int:
+def exec_in(init_pid: int, process: ProcessSpec, ids: IdMap, *, interactive: bool, tty: bool = False,
+            log_path: str | None = None) -> int:
     """Run PROCESS inside the container whose init is INIT_PID; return its exit code.
 
     The caller must be single-threaded: a threaded process cannot join a user namespace.
     """
     report_r, report_w = os.pipe()
+    pair = socket.socketpair() if tty else None
+    winsize = None
+    if tty:
+        from .tty import terminal_size
+
+        winsize = terminal_size()
     pid = os.fork()
     if pid == 0:
         os.close(report_r)
         code = 125
         try:
-            code = _exec_child(init_pid, process, ids, interactive, report_w)
+            if pair is not None:
+                pair[0].close()
+            code = _exec_child(init_pid, process, ids, interactive, report_w,
+                               pair[1].detach() if pair else None, winsize)
         except StartError as e:
             _report(report_w, {"error": e.message, "code": e.code})
             code = e.code
@@ -575,13 +662,22 @@ def exec_in(init_pid: int, process: ProcessSpec, ids: IdMap, *, interactive: boo
                 continue
             if "error" in msg and error is None:
                 error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+    if pair is not None:
+        pair[1].close()
+        with pair[0] as sock:
+            master = receive_fd(sock)
+        if master is not None:
+            from .tty import relay
+
+            relay(master, interactive=interactive, log_path=log_path)
     code = wait(Started(pid, None, None))
     if error is not None:
         raise error
     return code
 
 
-def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bool, report_w: int) -> int:
+def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bool, report_w: int,
+                tty_socket: int | None, winsize: bytes | None) -> int:
     fds = []
     try:
         for ns in EXEC_NAMESPACES:
@@ -611,6 +707,8 @@ def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bo
                 null = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(null, 0)
                 os.close(null)
+            if tty_socket is not None:
+                _take_pty("/dev/pts", tty_socket, winsize)
             os.set_inheritable(report_w, False)
             _become(process, ids)
         except StartError as e:
@@ -621,6 +719,8 @@ def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bo
         finally:
             os._exit(code)
     os.close(report_w)
+    if tty_socket is not None:
+        os.close(tty_socket)
     for s in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(s, signal.SIG_IGN)
     while True:

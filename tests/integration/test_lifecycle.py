@@ -164,3 +164,92 @@ def test_exec_joins_the_running_container(image: tuple[Cli, str]) -> None:
 
 def state_id(cli: Cli, name: str) -> str:
     return json.loads(ok(cli, "inspect", name))[0]["Id"]
+
+
+class Terminal:
+    """A user at a terminal: ``rootless ARGS`` on a pty of its own, typed into and read back."""
+
+    def __init__(self, cli: Cli, *args: str, rows: int = 33, cols: int = 101) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.environ.update(cli.env)
+            argv = cli.argv(*args)
+            os.execv(argv[0], argv)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 15) -> str:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} never came; the terminal shows {self.seen.decode(errors='replace')!r}"
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"{text!r} never came; the terminal closed on {self.seen.decode(errors='replace')!r}"
+                self.seen += chunk
+        return self.seen.decode(errors="replace")
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def exit_code(self) -> int:
+        import select
+
+        while True:   # drain, so that the program never blocks writing to us
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self.seen += chunk
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
+def test_run_it_gives_a_terminal_with_its_size_and_ctrl_c(image: tuple[Cli, str]) -> None:
+    cli, name = image
+    term = Terminal(cli, "run", "--rm", "-it", name, "sh")
+    term.expect("# ")
+    term.type("tty; stty size; echo TERM=$TERM; [ -t 0 ] && echo stdin-is-a-$((1+1))tty\r")
+    out = term.expect("stdin-is-a-2tty\r\n")
+    assert "/dev/pts/0" in out and "33 101" in out and "TERM=xterm" in out
+    term.type("sleep 30\r")
+    time.sleep(0.5)
+    term.type("\x03")                          # ^C reaches the container's foreground job
+    term.type("echo interrupted-$?\r")
+    term.expect("interrupted-130")
+    term.type("exit 3\r")
+    assert term.exit_code() == 3
+
+
+def test_exec_it_and_a_detached_terminal(image: tuple[Cli, str]) -> None:
+    cli, name = image
+    ok(cli, "run", "-dit", "--name", "tty-bg", name, "sh", "-c", "tty; echo ready; sleep 30")
+    deadline = time.monotonic() + 10
+    while "ready" not in ok(cli, "logs", "tty-bg") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ok(cli, "logs", "tty-bg").replace("\r", "") == "/dev/pts/0\nready\n"   # a tty turns \n into \r\n
+    term = Terminal(cli, "exec", "-it", "tty-bg", "sh", rows=20, cols=70)
+    term.expect("# ")
+    term.type("stty size; tty; exit 4\r")
+    assert term.exit_code() == 4
+    out = term.seen.decode(errors="replace").split("exit 4", 1)[1]
+    assert "20 70" in out and "/dev/pts/1" in out
+    ok(cli, "rm", "-f", "tty-bg")
