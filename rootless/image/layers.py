@@ -147,7 +147,9 @@ class _Frames:
 def _gzip(raw: _Plain) -> _Frames:
     def step(d: Any, pending: bytes) -> tuple[bytes, bytes]:
         out = d.decompress(pending, _CHUNK)  # bounded output: no decompression bomb in memory
-        return out, d.unconsumed_tail
+        # At a member's end zlib leaves the rest in unused_data *and* unconsumed_tail:
+        # _Frames starts the next member from unused_data, so nothing is pending here.
+        return out, b"" if d.eof else d.unconsumed_tail
 
     return _Frames(raw, "gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), step, zlib.error)
 
