@@ -2,6 +2,9 @@
 
     fusefs [-f] [-d] -o lowerdir=L1:L2,upperdir=U,workdir=W MOUNTPOINT
 
+A lower that is a regular file is an uncompressed layer tar, served in place with its
+index FILE.idx (``fusefs.tarindex``), or with one made at mount where there is none.
+
 It returns once the mount is ready (the daemon carries on in the background), or stays
 in the foreground with ``-f``.  ``fusermount3 -u``, ``umount`` or SIGTERM end it cleanly.
 """
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("fusefs")
 
-USAGE = "usage: fusefs [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT"
+USAGE = "usage: fusefs [-f] [-d] -o lowerdir=DIR|TAR[:DIR|TAR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT"
 #: Options we hand to the kernel / libfuse ourselves; everything else podman or a user passes
 #: (fsync=0, userxattr, xino, context=..., index=off, ...) is accepted and ignored.
 FUSE_OPTIONS = {"allow_other", "allow_root", "ro", "noatime", "nodev", "nosuid", "noexec", "dev", "suid", "exec"}
@@ -148,6 +151,7 @@ def check_mountpoint(path: str) -> str:
 
 def build(mo: MountOptions):  # -> Overlay
     from .overlay import Overlay
+    from .tarindex import TarLayerError
 
     def enc(p: str) -> bytes:
         return os.fsencode(os.path.abspath(p))
@@ -162,6 +166,8 @@ def build(mo: MountOptions):  # -> Overlay
                        enc(mo.workdir) if mo.workdir else None)
     except OSError as e:
         raise UsageError(e.strerror or str(e)) from None
+    except TarLayerError as e:
+        raise UsageError(str(e)) from None
 
 
 def fuse_options(mo: MountOptions) -> set[str]:

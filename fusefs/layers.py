@@ -2,7 +2,9 @@
 
 Lower layers never change while mounted, so what is read from them (listings,
 attributes, recorded owners) is cached for the life of the mount; the upper layer is
-always asked afresh.
+always asked afresh.  A lower layer is a directory (:class:`DirLayer`) or a layer tar
+served in place (``fusefs.tarlayer.TarLayer``); the union reads both through
+:class:`LowerLayer` and never reaches into a lower layer by path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import whiteout
 from .metadata import Owner, OwnerTable
@@ -29,7 +32,41 @@ class Listing:
     opaque: bool
 
 
-class Layer:
+class LowerLayer(Protocol):
+    """What the union reads from any layer.  Paths are *rel* paths, the same in every layer."""
+
+    root: bytes       # where the layer is: its directory, or its tar file
+    index: int        # position in the union, 0 for the upper layer
+    dev: int          # with an st_ino from lstat(), the key of one object of this layer
+    writable: bool
+
+    def probe(self, dirrel: bytes, name: bytes) -> int | os.stat_result: ...
+
+    def lstat(self, rel: bytes) -> tuple[os.stat_result, Owner | None]: ...
+
+    def is_opaque(self, rel: bytes) -> bool: ...
+
+    def listing(self, rel: bytes) -> Listing | None: ...
+
+    def link_aliases(self, ino: int) -> list[bytes]: ...
+
+    def readlink(self, rel: bytes) -> bytes: ...
+
+    def open_data(self, rel: bytes, flags: int = 0) -> tuple[int, int, int]:
+        """A read-only descriptor for REL's data (the caller closes it), where in it the data
+        starts, and how long it is (-1: to the end of the file).  FLAGS: more open(2) flags."""
+        ...
+
+    def getxattr(self, rel: bytes, name: bytes) -> bytes: ...
+
+    def listxattr(self, rel: bytes) -> list[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class DirLayer:
+    """A layer that is a directory: the upper layer, or a lower one (read through caches)."""
+
     def __init__(self, root: bytes, index: int, writable: bool) -> None:
         self.root = root
         self.index = index
@@ -135,6 +172,23 @@ class Layer:
         opaque = marker or whiteout.has_opaque_xattr(path)
         return Listing(names, frozenset(hidden), opaque)
 
+    # -- what a file holds -------------------------------------------------------------------
+
+    def readlink(self, rel: bytes) -> bytes:
+        return os.readlink(self.path(rel))
+
+    def open_data(self, rel: bytes, flags: int = 0) -> tuple[int, int, int]:
+        return os.open(self.path(rel), os.O_RDONLY | flags | os.O_CLOEXEC), 0, -1
+
+    def getxattr(self, rel: bytes, name: bytes) -> bytes:
+        return os.getxattr(self.path(rel), name, follow_symlinks=False)
+
+    def listxattr(self, rel: bytes) -> list[bytes]:
+        return [os.fsencode(n) for n in os.listxattr(self.path(rel), follow_symlinks=False)]
+
+    def close(self) -> None:
+        pass
+
     # -- hard links of a lower layer ---------------------------------------------------------
 
     def link_aliases(self, ino: int) -> list[bytes]:
@@ -152,6 +206,10 @@ class Layer:
                         links.setdefault(st.st_ino, []).append(full[len(self.root) + 1:])
             self._links = links
         return self._links.get(ino, [])
+
+
+#: The name this class had before tar layers existed.
+Layer = DirLayer
 
 
 def check_directory(path: bytes, what: str) -> None:

@@ -48,6 +48,13 @@ class FileHandle:
     node: Node
     fd: int
     flags: int  # O_RDONLY / O_WRONLY / O_RDWR, as the physical file was opened
+    #: Where the file's bytes are in FD and how many there are (-1: all of FD): a member
+    #: of a layer tar is a slice of the tar.
+    base: int = 0
+    length: int = -1
+    #: For a file opened in a lower layer: its name there, which stays valid (lower layers
+    #: never change) after the union's name is gone.
+    lower_rel: bytes | None = None
 
 
 @dataclass(eq=False)

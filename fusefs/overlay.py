@@ -4,7 +4,8 @@ Nothing here knows FUSE.  Methods take and return nodes and raise ``OSError`` wi
 errno a local filesystem would give; ``operations.py`` turns that into FUSE replies.
 Names and paths are bytes, as the kernel hands them over; a path inside the union is a
 *rel* path (``b"usr/bin"``, the root is ``b""``), the same in every layer since
-directories are never redirected.
+directories are never redirected.  Lower layers are read only through the
+``LowerLayer`` interface (a directory or a layer tar); only the upper layer has paths.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Iterator
 
 from . import whiteout
 from .copyup import copy_object
-from .layers import ABSENT, WHITEOUT, Layer, check_directory
+from .layers import ABSENT, WHITEOUT, DirLayer, LowerLayer, check_directory
 from .metadata import OVERRIDE_XATTR, Owner, is_private_xattr
 from .nodes import ROOT_INO, Attr, Caller, DirHandle, FileHandle, Node
+from .tarlayer import TarLayer
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,18 @@ def _err(code: int) -> OSError:
 
 
 class Overlay:
-    """A union of LOWERS (top first) under an optional writable UPPER staged through WORK."""
+    """A union of LOWERS (top first) under an optional writable UPPER staged through WORK.
+
+    A lower that is a directory is a layer as it is on disk; one that is a regular file
+    is a layer tar served in place (``fusefs.tarlayer``), with its index ``FILE.idx``
+    or, where there is none, one made now.  A tar that cannot be served raises
+    ``fusefs.tarindex.TarLayerError`` (a ValueError).
+    """
 
     def __init__(self, lowers: list[bytes], upper: bytes | None = None, work: bytes | None = None) -> None:
         if not lowers and upper is None:
             raise _err(errno.EINVAL)
-        for path in lowers:
-            check_directory(path, "lowerdir")
-        self.layers: list[Layer] = []
+        tars = [_check_lower(path) for path in lowers]
         if upper is not None:
             if work is None:
                 raise OSError(errno.EINVAL, "an upperdir needs a workdir (-o workdir=DIR)")
@@ -61,10 +67,17 @@ class Overlay:
             check_directory(work, "workdir")
             if os.stat(upper).st_dev != os.stat(work).st_dev:
                 raise OSError(errno.EXDEV, "workdir and upperdir must be on the same filesystem")
-            self.layers.append(Layer(os.path.abspath(upper), 0, True))
-        for path in lowers:
-            self.layers.append(Layer(os.path.abspath(path), len(self.layers), False))
-        self.upper: Layer | None = self.layers[0] if upper is not None else None
+        self.upper: DirLayer | None = DirLayer(os.path.abspath(upper), 0, True) if upper is not None else None
+        self.layers: list[LowerLayer] = [self.upper] if self.upper is not None else []
+        try:
+            for path, is_tar in zip(lowers, tars):
+                path = os.path.abspath(path)
+                self.layers.append(TarLayer.open(path, len(self.layers)) if is_tar
+                                   else DirLayer(path, len(self.layers), False))
+        except BaseException:
+            for layer in self.layers:
+                layer.close()
+            raise
         self.stage_dir: bytes | None = None
         if work is not None:
             self.stage_dir = os.path.abspath(work) + b"/fusefs-stage"
@@ -262,6 +275,10 @@ class Overlay:
         if node.ghost is not None:
             return node.ghost
         for h in node.handles:
+            if h.lower_rel is not None:
+                # A lower file keeps its name in its own layer, whatever became of it in the union.
+                st, owner = self.layers[node.layer].lstat(h.lower_rel)
+                return self._attr(node, st, owner, st.st_nlink)
             st = os.fstat(h.fd)
             owner = None
             if self.upper is not None:
@@ -332,7 +349,7 @@ class Overlay:
 
     # -- copy-up -----------------------------------------------------------------------------
 
-    def _require_upper(self) -> Layer:
+    def _require_upper(self) -> DirLayer:
         if self.upper is None:
             raise _err(errno.EROFS)
         return self.upper
@@ -356,7 +373,7 @@ class Overlay:
         dst = upper.path(rel)
         staged = self._stage()
         try:
-            copy_object(src_layer.path(rel), staged, st, with_data=with_data)
+            copy_object(src_layer, rel, staged, st, with_data=with_data)
             want = owner or Owner(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
             if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
                 self._record(staged, rel, want, fresh=True)  # an xattr: it moves with the rename
@@ -375,12 +392,12 @@ class Overlay:
         for h in node.handles:
             fd = os.open(dst, h.flags)
             os.close(h.fd)
-            h.fd = fd
+            h.fd, h.base, h.length, h.lower_rel = fd, 0, -1, None
         if not node.is_dir and st.st_nlink > 1:
             self._link_aliases(node, src_layer, st, rel)
         return dst
 
-    def _link_aliases(self, node: Node, src_layer: Layer, st: os.stat_result, rel: bytes) -> None:
+    def _link_aliases(self, node: Node, src_layer: LowerLayer, st: os.stat_result, rel: bytes) -> None:
         """The other names of a hard-linked lower file become hard links of its upper copy."""
         upper = self._require_upper()
         for alias in src_layer.link_aliases(st.st_ino):
@@ -764,31 +781,35 @@ class Overlay:
     def readlink(self, node: Node) -> bytes:
         if node.kind != stat.S_IFLNK:
             raise _err(errno.EINVAL)
-        return os.readlink(self.layers[node.layer].path(self.rel(node)))
+        return self.layers[node.layer].readlink(self.rel(node))
 
     # -- xattrs ------------------------------------------------------------------------------
 
-    def _xpath(self, node: Node) -> bytes | int:
-        """Where a node's xattrs are: its path, or for an unlinked file still open, a descriptor."""
+    def _xsource(self, node: Node) -> tuple[LowerLayer, bytes] | int:
+        """Where a node's xattrs are: a layer and a name in it, or for an unlinked upper file
+        still open, a descriptor (a lower file keeps its name in its layer)."""
         if node.unlinked and node.handles:
-            return next(iter(node.handles)).fd
-        return self.layers[node.layer].path(self.rel(node))
+            h = next(iter(node.handles))
+            if h.lower_rel is None:
+                return h.fd
+            return self.layers[node.layer], h.lower_rel
+        return self.layers[node.layer], self.rel(node)
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
         if is_private_xattr(name):
             raise _err(errno.ENODATA)
-        where = self._xpath(node)
-        return os.getxattr(where, name, follow_symlinks=isinstance(where, int))
+        where = self._xsource(node)
+        if isinstance(where, int):
+            return os.getxattr(where, name)
+        return where[0].getxattr(where[1], name)
 
     def listxattr(self, node: Node) -> list[bytes]:
-        where = self._xpath(node)
-        names = os.listxattr(where, follow_symlinks=isinstance(where, int))
-        out = []
-        for n in names:
-            b = n.encode() if isinstance(n, str) else n
-            if not is_private_xattr(b):
-                out.append(b)
-        return out
+        where = self._xsource(node)
+        if isinstance(where, int):
+            names = [os.fsencode(n) for n in os.listxattr(where)]
+        else:
+            names = where[0].listxattr(where[1])
+        return [n for n in names if not is_private_xattr(n)]
 
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
         if is_private_xattr(name):
@@ -819,8 +840,9 @@ class Overlay:
         self._handles[fh] = h
         return fh
 
-    def _open_handle(self, node: Node, fd: int, flags: int) -> int:
-        h = FileHandle(node, fd, flags)
+    def _open_handle(self, node: Node, fd: int, flags: int, base: int = 0, length: int = -1,
+                     lower_rel: bytes | None = None) -> int:
+        h = FileHandle(node, fd, flags, base, length, lower_rel)
         node.handles.add(h)
         return self._new_handle(h)
 
@@ -829,15 +851,21 @@ class Overlay:
             raise _err(errno.EISDIR)
         acc = flags & os.O_ACCMODE
         writing = acc != os.O_RDONLY or flags & os.O_TRUNC
+        # Reads and writes go through pread/pwrite at the kernel's offsets: never O_APPEND here.
+        extra = flags & ~_OPEN_STRIP & ~os.O_ACCMODE & ~os.O_DIRECT
         if writing:
             path = self.copy_up(node, with_data=not flags & os.O_TRUNC)
         elif node.unlinked:
-            return self._open_handle(node, os.dup(next(iter(node.handles)).fd), os.O_RDONLY)
+            h = next(iter(node.handles))
+            return self._open_handle(node, os.dup(h.fd), os.O_RDONLY, h.base, h.length, h.lower_rel)
+        elif node.layer != 0 or self.upper is None:
+            rel = self.rel(node)
+            fd, base, length = self.layers[node.layer].open_data(rel, extra)
+            return self._open_handle(node, fd, os.O_RDONLY, base, length, rel)
         else:
-            path = self.layers[node.layer].path(self.rel(node))
-        # Reads and writes go through pread/pwrite at the kernel's offsets: never O_APPEND here.
+            path = self.upper.path(self.rel(node))
         phys = os.O_RDWR if writing else os.O_RDONLY
-        fd = os.open(path, phys | (flags & ~_OPEN_STRIP & ~os.O_ACCMODE & ~os.O_DIRECT) | os.O_CLOEXEC)
+        fd = os.open(path, phys | extra | os.O_CLOEXEC)
         try:
             if flags & os.O_TRUNC:
                 os.ftruncate(fd, 0)
@@ -853,7 +881,11 @@ class Overlay:
         return h
 
     def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(self.file_handle(fh).fd, size, off)
+        h = self.file_handle(fh)
+        if h.length < 0:
+            return os.pread(h.fd, size, off)
+        # A slice of a layer tar: its member's bytes and nothing after them.
+        return os.pread(h.fd, max(0, min(size, h.length - off)), h.base + off)
 
     def write(self, fh: int, off: int, data: bytes) -> int:
         return os.pwrite(self.file_handle(fh).fd, data, off)
@@ -875,9 +907,8 @@ class Overlay:
         return os.statvfs(self.layers[0].root)
 
     def flush_metadata(self, durable: bool = False) -> None:
-        for layer in self.layers:
-            if layer.writable:
-                layer.owners.flush(durable=durable)
+        if self.upper is not None:
+            self.upper.owners.flush(durable=durable)
 
     def close(self) -> None:
         for h in list(self._handles.values()):
@@ -888,6 +919,19 @@ class Overlay:
                     pass
         self._handles.clear()
         self.flush_metadata(durable=True)
+        for layer in self.layers:
+            layer.close()
+
+
+def _check_lower(path: bytes) -> bool:
+    """Whether the lower PATH is a layer tar (a regular file) rather than a directory."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return True
+    except OSError:
+        pass
+    check_directory(path, "lowerdir")
+    return False
 
 
 def _remove_quietly(path: bytes) -> None:
