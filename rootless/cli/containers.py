@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -80,6 +81,10 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it is passed through as it is).")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
+@click.option("-v", "--volume", "volume", multiple=True,
+              help="/host/path:/ctr/path[:ro], NAME:/ctr/path[:ro] (a named volume) or /ctr/path (anonymous).")
+@click.option("--tmpfs", multiple=True, help="Mount a tmpfs: /ctr/path[:options].")
+@click.option("--read-only", "read_only", is_flag=True, help="Mount the container's root read-only.")
 @click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
               help="When to pull the image.")
 @click.option("--platform", help="Platform to pull, if the image must be pulled.")
@@ -88,16 +93,25 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 @pass_app
 def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_file: tuple[str, ...],
         workdir: str | None, user: str | None, entrypoint: str | None, name: str | None, remove: bool,
-        hostname: str | None, network: str, interactive: bool, detach: bool, tty: bool, pull: str,
+        hostname: str | None, network: str, interactive: bool, detach: bool, tty: bool,
+        volume: tuple[str, ...], tmpfs: tuple[str, ...], read_only: bool, pull: str,
         platform: str | None) -> None:
     """Run a command in a new container."""
     from ..image.inspect import read_config
     from ..runtime import spec
+    from ..runtime import volumes as vol
 
     record = _image_for_run(app, image, pull, platform)
     config = read_config(app.store, record)
     image_config: dict[str, Any] = config.get("config") or {}
     env_items = [item for path in env_file for item in spec.parse_env_file(path)] + list(env)
+    volumes = vol.Volumes(app.config)
+    mounts = [vol.parse_volume(v, volumes) for v in volume] + [vol.parse_tmpfs(t) for t in tmpfs]
+    targets = [os.path.normpath(m.target) for m in mounts]
+    duplicate = next((t for t in targets if targets.count(t) > 1), None)
+    if duplicate:
+        raise RootlessError(f"Duplicate mount point: {duplicate}", "mount one thing per container path")
+    mounts += vol.image_volumes(image_config, set(targets), volumes)
     lowers = [str(app.store.layer_path(d)) for d in reversed(record.layers)]
     process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
                          hostname="", tty=False)
@@ -107,7 +121,10 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
         "Config": {"Image": image, "Entrypoint": [entrypoint] if entrypoint else image_config.get("Entrypoint"),
                    "Cmd": list(args) or image_config.get("Cmd"), "WorkingDir": process.cwd, "User": process.user,
                    "Labels": image_config.get("Labels")},
-        "HostConfig": {"NetworkMode": network, "AutoRemove": remove},
+        "HostConfig": {"NetworkMode": network, "AutoRemove": remove, "ReadonlyRootfs": read_only,
+                       "Binds": list(volume) or None, "Tmpfs": {t.partition(":")[0]: t.partition(":")[2]
+                                                                 for t in tmpfs} or None},
+        "Mounts": [m.record() for m in mounts],
         "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0,
                   "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
         "Layers": list(record.layers),
@@ -119,7 +136,8 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     container.record["Launch"] = {"Process": {"Args": list(process.args), "Env": list(process.env),
                                               "Cwd": process.cwd, "User": process.user},
                                   "Hostname": host, "Network": network, "Lowers": lowers,
-                                  "Interactive": interactive, "Tty": tty}
+                                  "Interactive": interactive, "Tty": tty, "ReadOnly": read_only,
+                                  "Mounts": [dataclasses.asdict(m) for m in mounts]}
     container.save()
     sys.exit(_start(app, container, detach=detach, interactive=interactive, remove=remove))
 
@@ -128,23 +146,24 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
     """Start CONTAINER from its record; attached, wait and return its exit code."""
     from ..runtime import idmap, launch, spec
     from ..runtime.containers import mark_exited, mark_running
+    from ..runtime.volumes import Mount
 
     saved = container.record["Launch"]
     p = saved["Process"]
     process = spec.ProcessSpec(tuple(p["Args"]), tuple(p["Env"]), p["Cwd"], p["User"])
-    containers = _containers(app)
+    mounts = [Mount(**m) for m in saved.get("Mounts", [])]
 
     def on_exit(code: int) -> None:
         mark_exited(container, code)
         if remove:
-            containers.remove(container)
+            _remove_container(app, container)
 
     job = launch.Launch(rootfs=str(container.rootfs), lowers=list(saved["Lowers"]), upper=str(container.upper),
                         work=str(container.work), process=process, ids=idmap.detect(), hostname=saved["Hostname"],
                         etc_files=_etc_files(container, saved["Hostname"], saved["Network"]),
                         network=saved["Network"], fuse_log=str(container.dir / "fusefs.log"),
                         log_path=str(container.dir / "container.log"), interactive=interactive and not detach,
-                        detach=detach, on_exit=on_exit)
+                        detach=detach, on_exit=on_exit, mounts=mounts, readonly=bool(saved.get("ReadOnly")))
     pair = None
     if saved.get("Tty"):
         import socket
@@ -166,7 +185,7 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
         launch.wait(started)
         click.echo(f"Error: {started.error.message}", err=True)
         if remove:
-            containers.remove(container)
+            _remove_container(app, container)
         return started.error.code
     if started.init_pid:
         mark_running(container, started.init_pid, started.helper_pid)
@@ -228,11 +247,27 @@ def _is_running(c: Container) -> bool:
     return is_running(c)
 
 
+def _remove_container(app: App, container: Container, volumes: bool = True) -> None:
+    """Remove CONTAINER and, as docker's --rm and rm -v do, the anonymous volumes it made."""
+    from ..runtime.volumes import Volumes
+
+    _containers(app).remove(container)
+    if volumes:
+        store = Volumes(app.config)
+        for m in container.record.get("Launch", {}).get("Mounts", []):
+            if m.get("anonymous"):
+                try:
+                    store.remove(m["name"])
+                except RootlessError:
+                    pass
+
+
 @main.command()
 @click.option("-f", "--force", is_flag=True, help="Kill and remove a running container.")
+@click.option("-v", "--volumes", is_flag=True, help="Remove the anonymous volumes it made too.")
 @click.argument("names", nargs=-1, required=True)
 @pass_app
-def rm(app: App, names: tuple[str, ...], force: bool) -> None:
+def rm(app: App, names: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove one or more containers."""
     containers = _containers(app)
     failed: RootlessError | None = None
@@ -244,7 +279,8 @@ def rm(app: App, names: tuple[str, ...], force: bool) -> None:
                     raise RootlessError(f"You cannot remove a running container {c.id}. Stop the container "
                                         "before attempting removal or force remove")
                 os.kill(int(c.record["State"]["Pid"]), 9)
-            containers.remove(c)
+                _wait_exit(c, 10)
+            _remove_container(app, c, volumes)
             click.echo(name)
         except RootlessError as e:
             click.echo(f"Error: {e.message}", err=True)
@@ -487,3 +523,116 @@ def exec_cmd(app: App, name: str, args: tuple[str, ...], env: tuple[str, ...], e
         click.echo(f"Error: {e.message}", err=True)
         sys.exit(e.code)
     sys.exit(code)
+
+
+# -- volumes ------------------------------------------------------------------------------------------
+
+@main.group()
+def volume() -> None:
+    """Manage volumes."""
+
+
+def _volumes(app: App):  # type: ignore[no-untyped-def]
+    from ..runtime.volumes import Volumes
+
+    return Volumes(app.config)
+
+
+def _volumes_in_use(app: App) -> set[str]:
+    return {m["name"] for c in _containers(app).all() for m in c.record.get("Launch", {}).get("Mounts", [])
+            if m.get("kind") == "volume"}
+
+
+@volume.command("create")
+@click.option("--label", multiple=True, help="KEY=VALUE")
+@click.argument("name", required=False)
+@pass_app
+def volume_create(app: App, name: str | None, label: tuple[str, ...]) -> None:
+    """Create a volume (a random name without NAME)."""
+    created, _, _ = _volumes(app).create(name, dict(item.partition("=")[::2] for item in label))
+    click.echo(created)
+
+
+@volume.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only the names.")
+@click.option("--format", "fmt", help="'json', or a template such as '{{.Name}}'.")
+@pass_app
+def volume_ls(app: App, quiet: bool, fmt: str | None) -> None:
+    """List volumes."""
+    rows = _volumes(app).all()
+    if quiet:
+        for v in rows:
+            click.echo(v["Name"])
+    elif fmt:
+        template = Template(fmt)
+        for v in rows:
+            click.echo(template.render({**v, "Driver": "local"}))
+    else:
+        click.echo(table(["DRIVER", "VOLUME NAME"], (["local", v["Name"]] for v in rows)))
+
+
+@volume.command("inspect")
+@click.option("-f", "--format", "fmt", help="A template such as '{{.Mountpoint}}'.")
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def volume_inspect(app: App, names: tuple[str, ...], fmt: str | None) -> None:
+    """Show volumes as JSON."""
+    docs = [_volumes(app).get(n) for n in names]
+    if fmt:
+        template = Template(fmt)
+        for d in docs:
+            click.echo(template.render(d))
+    else:
+        click.echo(json.dumps(docs, indent=4))
+
+
+@volume.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Remove it even if a container uses it.")
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def volume_rm(app: App, names: tuple[str, ...], force: bool) -> None:
+    """Remove volumes."""
+    used = _volumes_in_use(app)
+    failed: RootlessError | None = None
+    for name in names:
+        try:
+            if name in used and not force:
+                users = [c.id for c in _containers(app).all()
+                         if any(m.get("name") == name for m in c.record.get("Launch", {}).get("Mounts", []))]
+                raise RootlessError(f"remove {name}: volume is in use - [{', '.join(users)}]",
+                                    "remove those containers first, or use -f")
+            _volumes(app).remove(name)
+            click.echo(name)
+        except RootlessError as e:
+            click.echo(f"Error: {e.message}", err=True)
+            failed = e
+    if failed is not None:
+        sys.exit(failed.exit_code)
+
+
+@volume.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Don't ask for confirmation.")
+@click.option("-a", "--all", "all_", is_flag=True, help="Named volumes too, not only anonymous ones.")
+@pass_app
+def volume_prune(app: App, force: bool, all_: bool) -> None:
+    """Remove volumes no container uses."""
+    if not force:
+        if not sys.stdin.isatty():
+            raise RootlessError("this will remove unused volumes, and stdin is not a terminal to confirm it",
+                                "add -f to go ahead")
+        if not click.confirm("WARNING! This will remove anonymous local volumes not used by at least one "
+                             "container.\nAre you sure you want to continue?", default=False):
+            return
+    used = _volumes_in_use(app)
+    removed = []
+    for v in _volumes(app).all():
+        if v["Name"] in used or (not all_ and not v.get("Anonymous")):
+            continue
+        _volumes(app).remove(v["Name"])
+        removed.append(v["Name"])
+    if removed:
+        click.echo("Deleted Volumes:")
+        for name in removed:
+            click.echo(name)
+        click.echo("")
+    click.echo("Total reclaimed space: 0B" if not removed else f"Total reclaimed space: {len(removed)} volumes")

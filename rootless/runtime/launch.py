@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from . import linux
 from .idmap import IdMap, write_maps
 from .spec import ProcessSpec, UserNotFound, resolve_user
+from .volumes import Mount, resolve_in_root, seed
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class Launch:
     tty_socket: int | None = None
     tty_receiver: int | None = None   # the other end: the helper reads the master from it when detached
     winsize: bytes | None = None  # the caller's terminal size, for the pty
+    mounts: list[Mount] = field(default_factory=list)   # -v, --tmpfs and the image's VOLUMEs
+    readonly: bool = False        # --read-only: the root file system is mounted read-only
     #: Called in the helper once the container has exited and its root is unmounted, with
     #: the exit code: records the state, removes an --rm container.  The helper outlives
     #: a detached run's caller, so this is the only place that sees the end.
@@ -439,6 +442,10 @@ def _init(launch: Launch, report_w: int) -> None:
     _mount_sys(root)
     for target, source in launch.etc_files.items():
         _bind_file(source, root + target)
+    for m in launch.mounts:
+        _mount_volume(root, m)
+    if launch.readonly:
+        linux.mount(None, root, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | _locked_flags(root))
     linux.sethostname(launch.hostname)
     os.chdir(root)
     linux.pivot_root(".", ".")
@@ -524,16 +531,51 @@ def _mount_sys(root: str) -> None:
     _ensure_dir(target)
     linux.mount("/sys", target, None, linux.MS_BIND | linux.MS_REC)
     # A bind mount in a user namespace keeps the original's locked flags; they must be repeated.
-    st = os.statvfs("/sys")
-    locked = 0
-    for bit, flag in ((os.ST_NOSUID, linux.MS_NOSUID), (os.ST_NODEV, linux.MS_NODEV),
-                      (os.ST_NOEXEC, linux.MS_NOEXEC)):
-        if st.f_flag & bit:
-            locked |= flag
     try:
-        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | locked)
+        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | _locked_flags(target))
     except OSError as e:
         log.debug("cannot make /sys read-only: %s", e)
+
+
+def _locked_flags(path: str) -> int:
+    """nosuid/nodev/noexec of the mount at PATH: a remount in a user namespace must keep them."""
+    st = os.statvfs(path)
+    flags = 0
+    for bit, flag in ((os.ST_NOSUID, linux.MS_NOSUID), (os.ST_NODEV, linux.MS_NODEV),
+                      (os.ST_NOEXEC, linux.MS_NOEXEC), (os.ST_NOATIME, linux.MS_NOATIME),
+                      (os.ST_NODIRATIME, linux.MS_NODIRATIME), (os.ST_RELATIME, linux.MS_RELATIME)):
+        if st.f_flag & bit:
+            flags |= flag
+    return flags
+
+
+def _mount_volume(root: str, m: Mount) -> None:
+    """Bind a host path or volume, or mount a tmpfs, at M.target resolved inside ROOT (never outside)."""
+    try:
+        target = resolve_in_root(root, m.target)
+    except OSError as e:
+        raise StartError(f"invalid mount target {m.target}: {e.strerror}") from None
+    source_is_dir = m.kind != "bind" or os.path.isdir(m.source)
+    try:
+        if source_is_dir:
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.lexists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+    except OSError as e:
+        raise StartError(f"cannot create the mount point {m.target} in the container: {e.strerror}") from None
+    if os.path.isdir(target) != source_is_dir:
+        kind = "directory" if source_is_dir else "file"
+        raise StartError(f"cannot mount {m.source or m.kind} on {m.target}: the target is not a {kind}")
+    if m.kind == "tmpfs":
+        linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, m.options)
+        return
+    if m.seed:
+        seed(target, m.source)
+    linux.mount(m.source, target, None, linux.MS_BIND | linux.MS_REC)
+    if m.readonly:
+        linux.mount(None, target, None,
+                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | _locked_flags(target))
 
 
 def _bind_file(source: str, target: str) -> None:

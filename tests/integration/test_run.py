@@ -33,6 +33,8 @@ def images(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "busybox": make_image([rootfs], {**base, "Cmd": ["sh"]}),
         "cmd-test": make_image([rootfs], {**base, "Cmd": ["ls", "-a"]}),
         "entrypoint-test": make_image([rootfs], {**base, "Entrypoint": ["ls", "-a"]}),
+        "voltest": make_image([rootfs, {"seeded/from-image": b"image content\n", "escape": "/../../../../../tmp/rootless-escape"}],
+                              {"Env": ["PATH=/bin"], "Volumes": {"/seeded": {}}, "Cmd": ["sh"]}),
         "envtest": make_image([rootfs, {"srv/data/hello": b"hi\n"}],
                               {"Env": ["PATH=/bin", "FROM_IMAGE=1", "OVERRIDE=image"], "WorkingDir": "/srv/data",
                                "User": "app", "Cmd": ["sh", "-c", "env; pwd; id"]}),
@@ -183,3 +185,65 @@ def test_missing_image_is_pulled_first(reg: Registry, images: dict[str, str], tm
     assert "Status: Downloaded newer image" in done.stderr
     missing = fresh.proc("run", "--rm", "--pull", "never", f"{reg.host}/nothere", "true")
     assert missing.returncode == 125 and "no such image" in missing.stderr.lower()
+
+
+def test_binds_volumes_and_tmpfs(cli: Cli, images: dict[str, str], tmp_path: Path) -> None:
+    host = tmp_path / "shared"
+    host.mkdir()
+    (host / "from-host").write_text("host\n")
+    single = tmp_path / "single.conf"
+    single.write_text("one file\n")
+    out, _ = run(cli, "-v", f"{host}:/data", "-v", f"{single}:/etc/single.conf:ro", "-v", "keep:/vol",
+                 "--tmpfs", "/scratch", images["busybox"], "sh", "-c",
+                 "cat /data/from-host /etc/single.conf; echo ctr > /data/from-ctr; echo kept > /vol/x;"
+                 "echo no >> /etc/single.conf 2>&1 || echo ro-refused; grep ' /scratch ' /proc/mounts | cut -d' ' -f3")
+    assert out.splitlines() == ["host", "one file", "ro-refused", "tmpfs"]
+    assert (host / "from-ctr").read_text() == "ctr\n"
+    out, _ = run(cli, "-v", "keep:/vol:ro", images["busybox"], "sh", "-c", "cat /vol/x; touch /vol/y 2>&1 | grep -c Read-only")
+    assert out.splitlines() == ["kept", "1"]
+    listed = cli.proc("volume", "ls", "-q").stdout.split()
+    assert "keep" in listed
+    info = json.loads(cli.proc("volume", "inspect", "keep").stdout)[0]
+    assert (Path(info["Mountpoint"]) / "x").read_text() == "kept\n"
+    assert cli.proc("volume", "rm", "keep").stdout == "keep\n"
+    missing = cli.proc("run", "--rm", "-v", f"{tmp_path}/nope:/x", images["busybox"], "true")
+    assert missing.returncode == 125 and "bind source path does not exist" in missing.stderr
+    relative = cli.proc("run", "--rm", "-v", "/tmp:rel", images["busybox"], "true")
+    assert relative.returncode == 125 and "must be absolute" in relative.stderr
+
+
+def test_image_volumes_are_seeded_and_anonymous(cli: Cli, images: dict[str, str]) -> None:
+    before = set(cli.proc("volume", "ls", "-q").stdout.split())
+    done = cli.proc("run", "--name", "seeded", images["voltest"], "sh", "-c",
+                    "cat /seeded/from-image; echo more > /seeded/added; grep -c ' /seeded ' /proc/mounts")
+    assert done.stdout.splitlines() == ["image content", "1"], done.stderr
+    made = set(cli.proc("volume", "ls", "-q").stdout.split()) - before
+    assert len(made) == 1 and len(next(iter(made))) == 64
+    mount = json.loads(cli.proc("inspect", "seeded").stdout)[0]["Mounts"][0]
+    assert mount["Type"] == "volume" and mount["Destination"] == "/seeded"
+    assert (Path(mount["Source"]) / "added").read_text() == "more\n"
+    in_use = cli.proc("volume", "rm", next(iter(made)))
+    assert in_use.returncode == 125 and "volume is in use" in in_use.stderr
+    cli.proc("rm", "-v", "seeded")
+    assert set(cli.proc("volume", "ls", "-q").stdout.split()) == before
+    run(cli, images["voltest"], "true")      # --rm takes its anonymous volume with it
+    assert set(cli.proc("volume", "ls", "-q").stdout.split()) == before
+
+
+def test_a_symlinked_target_cannot_lead_out_of_the_root(cli: Cli, images: dict[str, str], tmp_path: Path) -> None:
+    host = tmp_path / "payload"
+    host.mkdir()
+    (host / "file").write_text("payload\n")
+    outside = Path("/tmp/rootless-escape")
+    assert not outside.exists()
+    out, _ = run(cli, "-v", f"{host}:/escape", images["voltest"], "sh", "-c",
+                 "cat /tmp/rootless-escape/file; readlink /escape")
+    assert out.splitlines() == ["payload", "/../../../../../tmp/rootless-escape"]
+    assert not outside.exists()
+
+
+def test_read_only_root(cli: Cli, images: dict[str, str]) -> None:
+    out, _ = run(cli, "--read-only", "-v", "scratchvol:/w", images["busybox"], "sh", "-c",
+                 "touch /x 2>&1 | grep -c Read-only; touch /w/ok && echo volume-writable")
+    assert out.splitlines() == ["1", "volume-writable"]
+    cli.proc("volume", "rm", "scratchvol")
