@@ -85,6 +85,8 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
               help="/host/path:/ctr/path[:ro], NAME:/ctr/path[:ro] (a named volume) or /ctr/path (anonymous).")
 @click.option("--tmpfs", multiple=True, help="Mount a tmpfs: /ctr/path[:options].")
 @click.option("--read-only", "read_only", is_flag=True, help="Mount the container's root read-only.")
+@click.option("--init", "use_init", is_flag=True, help="Run a small init (tini) as pid 1 that reaps zombies and "
+              "passes signals on.")
 @click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing", show_default=True,
               help="When to pull the image.")
 @click.option("--platform", help="Platform to pull, if the image must be pulled.")
@@ -94,7 +96,7 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_file: tuple[str, ...],
         workdir: str | None, user: str | None, entrypoint: str | None, name: str | None, remove: bool,
         hostname: str | None, network: str, interactive: bool, detach: bool, tty: bool,
-        volume: tuple[str, ...], tmpfs: tuple[str, ...], read_only: bool, pull: str,
+        volume: tuple[str, ...], tmpfs: tuple[str, ...], read_only: bool, use_init: bool, pull: str,
         platform: str | None) -> None:
     """Run a command in a new container."""
     from ..image.inspect import read_config
@@ -112,6 +114,8 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     if duplicate:
         raise RootlessError(f"Duplicate mount point: {duplicate}", "mount one thing per container path")
     mounts += vol.image_volumes(image_config, set(targets), volumes)
+    if use_init:
+        _init_binary()
     lowers = [str(app.store.layer_path(d)) for d in reversed(record.layers)]
     process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
                          hostname="", tty=False)
@@ -137,7 +141,7 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
                                               "Cwd": process.cwd, "User": process.user},
                                   "Hostname": host, "Network": network, "Lowers": lowers,
                                   "Interactive": interactive, "Tty": tty, "ReadOnly": read_only,
-                                  "Mounts": [dataclasses.asdict(m) for m in mounts]}
+                                  "Mounts": [dataclasses.asdict(m) for m in mounts], "Init": use_init}
     container.save()
     sys.exit(_start(app, container, detach=detach, interactive=interactive, remove=remove))
 
@@ -163,7 +167,8 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
                         etc_files=_etc_files(container, saved["Hostname"], saved["Network"]),
                         network=saved["Network"], fuse_log=str(container.dir / "fusefs.log"),
                         log_path=str(container.dir / "container.log"), interactive=interactive and not detach,
-                        detach=detach, on_exit=on_exit, mounts=mounts, readonly=bool(saved.get("ReadOnly")))
+                        detach=detach, on_exit=on_exit, mounts=mounts, readonly=bool(saved.get("ReadOnly")),
+                        init_binary=_init_binary() if saved.get("Init") else None)
     pair = None
     if saved.get("Tty"):
         import socket
@@ -245,6 +250,17 @@ def _is_running(c: Container) -> bool:
     from ..runtime.containers import is_running
 
     return is_running(c)
+
+
+INIT_BINARIES = ("/usr/bin/tini-static", "/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
+
+
+def _init_binary() -> str:
+    """A static init for --init: Debian's tini-static (docker's own --init is tini too)."""
+    for path in INIT_BINARIES:
+        if os.access(path, os.X_OK):
+            return path
+    raise RootlessError("--init needs tini-static, which is not installed", "as root: apt-get install tini")
 
 
 def _remove_container(app: App, container: Container, volumes: bool = True) -> None:

@@ -18,6 +18,7 @@ exec closes (close-on-exec), with docker's exit code: 125 engine, 126 cannot exe
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 #: Device nodes bound from the host into the container's /dev (mknod needs real root).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+INIT_PATH = "/dev/init"
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -82,6 +84,7 @@ class Launch:
     winsize: bytes | None = None  # the caller's terminal size, for the pty
     mounts: list[Mount] = field(default_factory=list)   # -v, --tmpfs and the image's VOLUMEs
     readonly: bool = False        # --read-only: the root file system is mounted read-only
+    init_binary: str | None = None    # --init: this static init (tini) runs as pid 1 and reaps zombies
     #: Called in the helper once the container has exited and its root is unmounted, with
     #: the exit code: records the state, removes an --rm container.  The helper outlives
     #: a detached run's caller, so this is the only place that sees the end.
@@ -439,6 +442,14 @@ def _init(launch: Launch, report_w: int) -> None:
     _mount_dev(root)
     if launch.tty_socket is not None:
         _take_pty(root + "/dev/pts", launch.tty_socket, launch.winsize)
+    process = launch.process
+    if launch.init_binary:
+        # In the container's /dev tmpfs: no trace in its writable layer, nothing the image can shadow.
+        os.close(os.open(root + INIT_PATH, os.O_CREAT | os.O_WRONLY, 0o755))
+        linux.mount(launch.init_binary, root + INIT_PATH, None, linux.MS_BIND)
+        linux.mount(None, root + INIT_PATH, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
+                    | _locked_flags(root + INIT_PATH))
+        process = dataclasses.replace(process, args=(INIT_PATH, "--", *process.args))
     _mount_sys(root)
     for target, source in launch.etc_files.items():
         _bind_file(source, root + target)
@@ -451,7 +462,7 @@ def _init(launch: Launch, report_w: int) -> None:
     linux.pivot_root(".", ".")
     linux.umount(".", linux.MNT_DETACH)
     os.chdir("/")
-    _become(launch.process, launch.ids)
+    _become(process, launch.ids)
 
 
 def open_pty(pts: str) -> tuple[int, int]:

@@ -247,3 +247,14 @@ def test_read_only_root(cli: Cli, images: dict[str, str]) -> None:
                  "touch /x 2>&1 | grep -c Read-only; touch /w/ok && echo volume-writable")
     assert out.splitlines() == ["1", "volume-writable"]
     cli.proc("volume", "rm", "scratchvol")
+
+
+def test_init_reaps_zombies_and_passes_the_exit_code(cli: Cli, images: dict[str, str]) -> None:
+    # The command leaves an orphan and then becomes a program that never reaps: only an init does.
+    script = ("sh -c 'sleep 0.1 &'; (sleep 0.6; ps -o stat | grep -c '^Z') & exec sleep 1")
+    without, _ = run(cli, images["busybox"], "sh", "-c", script)
+    with_init, _ = run(cli, "--init", images["busybox"], "sh", "-c", script)
+    assert (without.strip(), with_init.strip()) == ("1", "0")
+    out, _ = run(cli, "--init", images["busybox"], "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 6", code=6)
+    assert out.startswith("/dev/init -- sh -c")
+    run(cli, "--init", images["busybox"], "nothere", code=127)
