@@ -12,21 +12,26 @@ from typing import BinaryIO
 import click
 
 from ..errors import RootlessError
-from ..image import archive
-from ..image.inspect import familiar_tag
 from ._app import App, main, pass_app
+
+# The archive code (tarfile, the store, compression) loads inside the commands: every
+# other verb, run above all, would otherwise pay for it at start.
+DOCKER_ARCHIVE, OCI_ARCHIVE, OCI_DIR = "docker-archive", "oci-archive", "oci-dir"
+FORMATS = (DOCKER_ARCHIVE, OCI_ARCHIVE, OCI_DIR)
 
 
 @main.command()
 @click.option("-o", "--output", metavar="FILE",
               help="Write to FILE (with --format oci-dir: to the new directory FILE), not to standard output.")
-@click.option("--format", "fmt", type=click.Choice(archive.FORMATS), default=archive.DOCKER_ARCHIVE, show_default=True,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=DOCKER_ARCHIVE, show_default=True,
               help="docker save's layout, or an OCI image layout in a tar or a directory.")
 @click.argument("images", nargs=-1, required=True)
 @pass_app
 def save(app: App, output: str | None, fmt: str, images: tuple[str, ...]) -> None:
     """Save one or more images to a tar archive (standard output by default)."""
-    if fmt == archive.OCI_DIR:
+    from ..image import archive
+
+    if fmt == OCI_DIR:
         if not output:
             raise RootlessError("the oci-dir format writes a directory", "name it with -o DIR")
         archive.save(app.store, images, output, fmt)
@@ -83,6 +88,9 @@ def _unlink(path: str) -> None:
 @pass_app
 def load(app: App, input_: str | None, quiet: bool) -> None:
     """Load images from a tar archive made by save (docker-archive or OCI, maybe compressed)."""
+    from ..image import archive
+    from ..image.inspect import familiar_tag
+
     progress = None if quiet or not sys.stderr.isatty() else (lambda text: click.echo(text, err=True))
     if input_ is None or input_ == "-":
         stdin = sys.stdin.buffer
@@ -119,6 +127,8 @@ def _open(path: str) -> BinaryIO:
 @pass_app
 def import_(app: App, changes: tuple[str, ...], message: str | None, source: str, name: str | None) -> None:
     """Make an image of a root file system tarball (plain or compressed; - reads standard input)."""
+    from ..image import archive
+
     if "://" in source:
         raise RootlessError(f"cannot import {source}: importing from a URL is not supported",
                             "download the tarball first, then import the file")
