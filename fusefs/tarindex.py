@@ -38,7 +38,7 @@ import msgpack
 
 from .whiteout import META_PREFIX, OPAQUE_MARKER, WH_PREFIX
 
-__all__ = ["TarLayerError", "TarIndex", "Entry", "build_index", "index_file", "index_path"]
+__all__ = ["TarLayerError", "TarIndex", "Entry", "Directory", "build_index", "index_file", "index_path", "load_index"]
 
 FORMAT = 1
 BLOCK = 512
@@ -80,6 +80,14 @@ class Readable(Protocol):
 def index_path(tar: bytes) -> bytes:
     """Where the index of the layer tar TAR is kept: beside it, as ``TAR.idx``."""
     return tar + b".idx"
+
+
+def load_index(tar: bytes) -> TarIndex:
+    """The index of the layer tar TAR: ``TAR.idx``, or where there is none, one made now from the tar."""
+    try:
+        return TarIndex.load(index_path(tar))
+    except FileNotFoundError:
+        return index_file(tar)
 
 
 # -- what the index holds ------------------------------------------------------------------

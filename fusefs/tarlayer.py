@@ -14,7 +14,7 @@ import stat
 
 from .layers import ABSENT, WHITEOUT, Listing
 from .metadata import Owner
-from .tarindex import TarIndex, TarLayerError, index_file, index_path
+from .tarindex import TarIndex, TarLayerError, index_path, load_index
 
 #: Added to a layer's position to make its st_dev: above any real device number (the
 #: kernel's dev_t has 32 bits), so a tar's synthetic inodes never meet a directory's.
@@ -51,11 +51,7 @@ class TarLayer:
     @classmethod
     def open(cls, tar: bytes, index: int) -> TarLayer:
         """The layer tar TAR with its index ``TAR.idx``, or, where there is none, one made now."""
-        try:
-            toc = TarIndex.load(index_path(tar))
-        except FileNotFoundError:
-            toc = index_file(tar)
-        return cls(tar, toc, index)
+        return cls(tar, load_index(tar), index)
 
     def close(self) -> None:
         if self._fd >= 0:
