@@ -13,8 +13,10 @@ waits, then finds the blob (and its layer) present.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from . import manifest as mf
 from .events import Event, Report, short_id
 from .reference import Reference
 from .registry import RegistryClient
-from .store import ImageRecord, Store
+from .store import ImageRecord, StagedLayer, Store
 
 #: Layers downloaded at once, as dockerd's max-concurrent-downloads.
 MAX_DOWNLOADS = 3
@@ -125,20 +127,133 @@ async def _layer(store: Store, client: RegistryClient, ref: Reference, desc: mf.
                 report(Event(sid, "Already exists"))
                 return known, False
             if not store.has_blob(desc.digest):
-                staged = _staging(store, desc.digest)
-
-                def progress(done: int, total: int) -> None:
-                    report(Event(sid, "Downloading", done, total))
-
-                await client.fetch_blob(ref, desc, staged, progress=progress)
-                report(Event(sid, "Verifying Checksum"))
-                await trio.to_thread.run_sync(lambda: store.ingest_blob(desc.digest, staged, verified=True))
-                report(Event(sid, "Download complete"))
+                diff_id = await _download(store, client, ref, desc, unpacks, report)
+                if diff_id is not None:
+                    report(Event(sid, "Pull complete"))
+                    return diff_id, True
     async with unpacks:
         report(Event(sid, "Extracting"))
         diff_id = await trio.to_thread.run_sync(store.unpack_layer, desc.digest)
     report(Event(sid, "Pull complete"))
     return diff_id, True
+
+
+async def _download(store: Store, client: RegistryClient, ref: Reference, desc: mf.Descriptor,
+                    unpacks: trio.CapacityLimiter, report: Report) -> str | None:
+    """Download the layer blob into the store, unpacking it as it arrives where that can be done.
+
+    The unpacker reads the ``.partial`` file behind the download and stages the layer;
+    it is committed only after the whole blob's digest has been verified.  Returns the
+    diff_id, or None where the layer is still to be unpacked from the stored blob (a
+    resumed or restarted download, whose file is not one stream from its first byte).
+    """
+    sid = short_id(desc.digest)
+    target = _staging(store, desc.digest)
+    growing = None if Path(f"{target}.partial").exists() else _Growing(Path(f"{target}.partial"))
+    outcome: dict[str, object] = {}
+
+    def progress(done: int, total: int) -> None:
+        report(Event(sid, "Downloading", done, total))
+        if growing is not None:
+            growing.advance(done)
+
+    async def unpack_behind() -> None:
+        assert growing is not None
+        async with unpacks:
+            try:
+                outcome["staged"] = await trio.to_thread.run_sync(store.stage_layer, growing)
+            except _Restarted:
+                pass   # unpacked from the stored blob instead
+            except Exception as e:  # noqa: BLE001 (raised once the download is known good)
+                outcome["error"] = e
+
+    async with trio.open_nursery() as nursery:
+        if growing is not None:
+            nursery.start_soon(unpack_behind)
+        try:
+            await client.fetch_blob(ref, desc, target, progress=progress)
+        except BaseException:
+            if growing is not None:
+                growing.abort()
+            raise
+        if growing is not None:
+            growing.finish()
+    report(Event(sid, "Verifying Checksum"))
+    await trio.to_thread.run_sync(lambda: store.ingest_blob(desc.digest, target, verified=True))
+    report(Event(sid, "Download complete"))
+    staged = outcome.get("staged")
+    if isinstance(staged, StagedLayer):
+        report(Event(sid, "Extracting"))
+        try:
+            return await trio.to_thread.run_sync(store.commit_layer, staged, desc.digest)
+        finally:
+            staged.discard()
+    error = outcome.get("error")
+    if isinstance(error, Exception):
+        raise error
+    return None
+
+
+class _Restarted(Exception):
+    """The download started over: the bytes behind the unpacker are not one stream any more."""
+
+
+class _Growing(io.RawIOBase):
+    """A download's ``.partial`` file, read by another thread as the download writes it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = path
+        self._cond = threading.Condition()
+        self._available = 0
+        self._done = False
+        self._failed = False
+        self._fd = -1
+        self._pos = 0
+
+    def advance(self, offset: int) -> None:
+        """OFFSET bytes are in the file (called by the download, as it writes)."""
+        with self._cond:
+            if offset < self._available:
+                self._failed = True    # truncated and begun again
+            elif offset > 0 and self._fd < 0:
+                # Opened now, while it exists under this name: a small blob is renamed into
+                # the store before the reader's thread gets to it.
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            self._available = offset
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._failed = True
+            self._cond.notify_all()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        with self._cond:
+            while self._pos >= self._available and not self._done and not self._failed:
+                self._cond.wait()
+            if self._failed:
+                raise _Restarted()
+            available = self._available - self._pos
+        if available <= 0:
+            return b""
+        data = os.pread(self._fd, available if size < 0 else min(size, available), self._pos)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        super().close()
 
 
 def _staging(store: Store, digest: str) -> Path:

@@ -511,7 +511,10 @@ class RegistryClient:
                         offset += len(chunk)
                         received += len(chunk)
                         if progress is not None:
-                            progress(offset, size)
+                            # What is in the file: a reader may follow the download.
+                            progress(offset - len(buffered.pending), size)
+            if progress is not None:
+                progress(offset, size)
         except httpx.TransportError as e:
             what, retryable = _describe_transport_error(e)
             error = RegistryUnreachable(f"download of blob {digest} from {repo.domain} failed: {what}")

@@ -6,7 +6,10 @@ Layout under ``Config.store_dir``::
     lock                     flock'd while image records change
     images.json              the image records, replaced whole
     blobs/sha256/<hex>       manifests, configs and layer blobs, as downloaded
-    layers/<hex>/            a layer unpacked by layers.unpack, named by its diff_id
+    layers/<hex>.tar         a layer as its uncompressed tar, named by its diff_id: fusefs serves it
+                             in place, so a pull extracts nothing
+    layers/<hex>.tar.idx     its index (fusefs.tarindex): every entry's metadata and data offset
+    layers/<hex>/            a layer extracted to a directory (older stores; still served)
     layers/<hex>.json        {diff_id, size, created, warnings}: written last, so it marks a complete layer
     diffids/sha256/<hex>     the diff_id a layer blob unpacked to (a blob is named by its compressed digest)
     locks/<hex>              flock'd while one blob or layer is written, so concurrent pulls store one copy
@@ -19,27 +22,31 @@ may block on locks and disk: async callers run it in ``trio.to_thread``.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
+import io
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from ..config import Config
-from ..errors import AmbiguousImageId, DigestError, ImageNotFound, InvalidReference, StoreError
-from . import layers as layer_tar
+from ..errors import AmbiguousImageId, DigestError, ImageNotFound, InvalidReference, LayerError, StoreError
 from . import reference
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,7 @@ _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^(sha256:)?([0-9a-f]{%d,64})$" % MIN_ID_PREFIX)
 _MAX_MANIFEST = 4 << 20
+STAGE_PREFIX = "stage-"
 _CHUNK = 1 << 20
 
 
@@ -109,6 +117,33 @@ def _hex(digest: str) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class StagedLayer:
+    """A layer tar and index made in tmp/, waiting to be committed (or discarded).
+
+    Its directory's ``.lock`` is flock'd while this process may still use it: a store
+    opened later removes a staging directory only once that lock is free (its maker died).
+    """
+
+    dir: Path
+    diff_id: str
+    size: int
+    lock_fd: int = -1
+
+    @classmethod
+    def make(cls, tmp_dir: Path) -> StagedLayer:
+        stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=tmp_dir))
+        fd = os.open(stage / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return cls(stage, "", 0, fd)
+
+    def discard(self) -> None:
+        _remove(self.dir)
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
 
 class Store:
@@ -180,7 +215,9 @@ class Store:
             except OSError:
                 continue
             key = entry.name.split("-")[1] if entry.name.startswith("unpack-") else ""
-            if _HEX.match(key):
+            if entry.name.startswith(STAGE_PREFIX):
+                _remove_unlocked_stage(Path(entry.path))
+            elif _HEX.match(key):
                 with self._locks.hold(self.locks_dir / key, blocking=False) as free:
                     if free:
                         _remove(Path(entry.path))
@@ -277,7 +314,8 @@ class Store:
 
     def has_layer(self, diff_id: str) -> bool:
         hexd = _hex(diff_id)
-        return (self.layers_dir / f"{hexd}.json").is_file() and (self.layers_dir / hexd).is_dir()
+        return (self.layers_dir / f"{hexd}.json").is_file() and (
+            (self.layers_dir / f"{hexd}.tar").is_file() or (self.layers_dir / hexd).is_dir())
 
     def layer_of_blob(self, blob_digest: str) -> str | None:
         """The diff_id of the layer that the blob BLOB_DIGEST unpacked to, where that layer is here."""
@@ -285,10 +323,11 @@ class Store:
         return known if known is not None and self.has_layer(known) else None
 
     def layer_path(self, diff_id: str) -> Path:
-        """The unpacked layer DIFF_ID, to mount as a lower layer; StoreError where it is absent."""
+        """The layer DIFF_ID as fusefs mounts it as a lower layer (its tar, or an extracted directory)."""
         if not self.has_layer(diff_id):
             raise StoreError(f"layer {diff_id} is not in the image store", "pull the image again")
-        return self.layers_dir / _hex(diff_id)
+        tar = self.layers_dir / f"{_hex(diff_id)}.tar"
+        return tar if tar.is_file() else self.layers_dir / _hex(diff_id)
 
     def layer_info(self, diff_id: str) -> LayerInfo:
         path = self.layers_dir / f"{_hex(diff_id)}.json"
@@ -302,7 +341,7 @@ class Store:
             raise StoreError(f"the layer record {path} is unreadable: {e}", "remove the image and pull it again") from None
 
     def unpack_layer(self, blob_digest: str) -> str:
-        """Unpack the stored layer blob BLOB_DIGEST (once) and return its diff_id.
+        """Store the layer blob BLOB_DIGEST (once) as its plain tar and index; return its diff_id.
 
         Idempotent and safe to run from several processes at once: the blob's lock makes
         the second wait, then find the layer present.
@@ -312,30 +351,66 @@ class Store:
             known = self._diff_id_of(bhex)
             if known is not None and self.has_layer(known):
                 return known
-            blob = self.blob_path(blob_digest)
-            stage = Path(tempfile.mkdtemp(prefix=f"unpack-{bhex}-", dir=self.tmp_dir))
-            try:
-                with open(blob, "rb") as f:
-                    result = layer_tar.unpack(f, stage / "layer", work_dir=stage)
-                for warning in result.warnings:
-                    log.warning("layer %s: %s", result.diff_id, warning)
-                # Another blob (the same tar compressed otherwise) may have made this layer meanwhile.
-                with self.locked_item(result.diff_id):
-                    if not self.has_layer(result.diff_id):
-                        self._commit_layer(stage / "layer", result)
-                self._write_atomic(self.diffids_dir / bhex, result.diff_id.encode() + b"\n")
-            finally:
-                _remove(stage)
-        return result.diff_id
+            with open(self.blob_path(blob_digest), "rb") as f:
+                return self.add_layer(f, blob_digest)
 
-    def _commit_layer(self, unpacked: Path, result: layer_tar.UnpackedLayer) -> None:
-        dhex = _hex(result.diff_id)
-        final = self.layers_dir / dhex
-        if os.path.lexists(final):  # left by a crash between the rename and the record
-            self._discard(final)
-        os.rename(unpacked, final)
+    def add_layer(self, src: BinaryIO, blob_digest: str | None = None) -> str:
+        """Store the layer read from SRC (gzip, zstd or plain; any compression is undone) and
+        return its diff_id; BLOB_DIGEST, where given, is remembered as its compressed form."""
+        staged = self.stage_layer(src)
+        try:
+            return self.commit_layer(staged, blob_digest)
+        finally:
+            staged.discard()
+
+    def stage_layer(self, src: BinaryIO) -> StagedLayer:
+        """Decompress SRC into a layer tar and index in tmp/, not yet part of the store.
+
+        A pull stages a layer while its blob is still downloading, and commits it only
+        once the blob's digest is verified.  Decompression runs in a thread of its own,
+        ahead of the indexing, hashing and writing here: two cores, two halves.
+        """
+        from fusefs.tarindex import TarLayerError, build_index
+
+        from . import compression
+
+        staged = StagedLayer.make(self.tmp_dir)
+        stage = staged.dir
+        try:
+            tar = stage / "layer.tar"
+            try:
+                _, plain = compression.open_stream(src)
+                with _Prefetch(plain) as ahead, open(tar, "wb", buffering=0) as out:
+                    index = build_index(ahead, cast(BinaryIO, _WriteBehind(out)))
+                    os.fsync(out.fileno())
+            except TarLayerError as e:
+                raise LayerError(f"layer: {e.message}", e.hint) from None
+            except compression.CorruptStream as e:
+                raise LayerError(f"layer is corrupt: {e}", "pull it again") from None
+            assert index.diff_id is not None
+            index.save(str(stage / "layer.tar.idx"))
+        except BaseException:
+            staged.discard()
+            raise
+        staged.diff_id, staged.size = index.diff_id, index.size
+        return staged
+
+    def commit_layer(self, staged: StagedLayer, blob_digest: str | None = None) -> str:
+        """Make the STAGED layer part of the store (unless the same diff_id is there already)."""
+        # Another blob (the same tar compressed otherwise) may have made this layer meanwhile.
+        with self.locked_item(staged.diff_id):
+            if not self.has_layer(staged.diff_id):
+                self._commit_layer(staged.dir, staged.diff_id, staged.size)
+        if blob_digest is not None:
+            self._write_atomic(self.diffids_dir / _hex(blob_digest), staged.diff_id.encode() + b"\n")
+        return staged.diff_id
+
+    def _commit_layer(self, stage: Path, diff_id: str, size: int) -> None:
+        dhex = _hex(diff_id)
+        for suffix in (".tar.idx", ".tar"):   # the tar last: has_layer looks for it
+            os.replace(stage / f"layer{suffix}", self.layers_dir / f"{dhex}{suffix}")
         _fsync_dir(self.layers_dir)
-        record = {"diff_id": result.diff_id, "size": result.size, "created": _now(), "warnings": list(result.warnings)}
+        record = {"diff_id": diff_id, "size": size, "created": _now(), "warnings": []}
         self._write_atomic(self.layers_dir / f"{dhex}.json", json.dumps(record, indent=1).encode())
 
     def _diff_id_of(self, blob_hex: str) -> str | None:
@@ -472,14 +547,12 @@ class Store:
                         if free:
                             freed += _size(Path(entry.path))
                             _remove(Path(entry.path))
-            names = {e.name.removesuffix(".json") for e in _scan(self.layers_dir)}
+            names = {_layer_name(e.name) for e in _scan(self.layers_dir)}
             names = {n for n in names if _HEX.match(n)}
             for name in sorted(names - layers):
                 with self._locks.hold(self.locks_dir / name, blocking=False) as free:
                     if free:
-                        freed += _size(self.layers_dir / name)
-                        _remove(self.layers_dir / f"{name}.json")  # first: the layer stops existing
-                        self._discard(self.layers_dir / name)
+                        freed += self._drop_layer(name)
             for entry in _scan(self.diffids_dir):
                 diff_id = self._diff_id_of(entry.name)
                 if diff_id is None or not self.has_layer(diff_id) or not (self.blobs_dir / entry.name).is_file():
@@ -501,8 +574,19 @@ class Store:
             for name in sorted({_hex(d) for d in layers} - needed_layers):
                 with self._locks.hold(self.locks_dir / name, blocking=False) as free:
                     if free:
-                        _remove(self.layers_dir / f"{name}.json")  # first: the layer stops existing
-                        self._discard(self.layers_dir / name)
+                        self._drop_layer(name)
+
+    def _drop_layer(self, name: str) -> int:
+        """Remove the layer NAME in every form; returns the bytes freed."""
+        parts = [self.layers_dir / f"{name}{suffix}" for suffix in (".tar", ".tar.idx", "")]
+        freed = sum(_size(p) for p in parts if os.path.lexists(p))
+        _remove(self.layers_dir / f"{name}.json")  # first: the layer stops existing
+        for p in parts:
+            if p.is_dir() and not p.is_symlink():
+                self._discard(p)
+            else:
+                _remove(p)
+        return freed
 
     def _needed_blobs(self, images: list[ImageRecord]) -> set[str]:
         needed: set[str] = set()
@@ -590,6 +674,31 @@ class Store:
 
 
 # -- image record helpers ---------------------------------------------------------------------
+
+
+def _remove_unlocked_stage(stage: Path) -> None:
+    """Remove a layer staging directory whose maker is gone (its .lock is free)."""
+    try:
+        fd = os.open(stage / ".lock", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        _remove(stage)   # killed before it locked: nobody can be using it
+        return
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    finally:
+        os.close(fd)
+    _remove(stage)
+
+
+def _layer_name(filename: str) -> str:
+    for suffix in (".tar.idx", ".tar", ".json"):
+        if filename.endswith(suffix):
+            return filename[:-len(suffix)]
+    return filename
 
 
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
@@ -758,3 +867,99 @@ class _FileLocks:
                 held.users -= 1
                 if held.users == 0:
                     del self._held[key]
+
+
+class _Prefetch(io.RawIOBase):
+    """Reads SRC in a thread of its own, a few chunks ahead of the reader.
+
+    zlib, zstd and file reads release the GIL, so decompression runs on one core while
+    the reader parses, hashes and writes on the other.
+    """
+
+    CHUNK = 4 << 20
+    DEPTH = 4
+
+    def __init__(self, src: BinaryIO) -> None:
+        super().__init__()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.DEPTH)
+        self._stop = threading.Event()
+        self._pending = b""
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(src,), name="layer-decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self, src: BinaryIO) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = src.read(self.CHUNK)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:  # noqa: BLE001 (handed to the reader)
+            self._put(e)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._pending and not self._done:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+            self._pending = item
+        if size < 0 or size >= len(self._pending):
+            out, self._pending = self._pending, b""
+        else:
+            out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
+
+
+class _WriteBehind:
+    """A file whose written data the kernel starts putting on disk as it arrives, so that the
+    fsync at the end waits for the last few megabytes, not for the whole layer."""
+
+    STEP = 32 << 20
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._fd = f.fileno()
+        self._written = 0
+        self._flushed = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = self._f.write(data) or 0
+        self._written += n
+        if self._written - self._flushed >= self.STEP:
+            _start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
+        return n
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int]:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return libc.sync_file_range  # type: ignore[no-any-return]
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    _sync_file_range()(fd, offset, length, _SYNC_FILE_RANGE_WRITE)   # a hint: failure changes nothing

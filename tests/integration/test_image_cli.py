@@ -332,8 +332,8 @@ def test_two_concurrent_pulls_both_succeed_and_store_one_copy(cli: Cli, reg: Reg
         assert p.returncode == 0, out.decode()
     blobs = sorted(p.name for p in (cli.root / "storage" / "blobs" / "sha256").iterdir())
     assert blobs == sorted({d[7:] for d in [*image.blobs, image.digest]})
-    layers = sorted(p.name for p in (cli.root / "storage" / "layers").iterdir() if not p.name.endswith(".json"))
-    assert layers == sorted(d[7:] for d in image.diff_ids)
+    layers = sorted(p.name for p in (cli.root / "storage" / "layers").iterdir() if p.name.endswith(".tar"))
+    assert layers == sorted(d[7:] + ".tar" for d in image.diff_ids)
     assert cli("images", "-q").stdout.split() == [image.config_digest[7:19]]
 
 
@@ -356,7 +356,7 @@ def test_kill_9_during_a_pull_leaves_no_image_and_the_next_pull_completes(cli: C
     out = cli("pull", f"{reg.host}/killed/img:1").stdout
     assert "Status: Downloaded newer image" in out
     assert cli("images", "-q").stdout.split() == [image.config_digest[7:19]]
-    layer = cli.root / "storage" / "layers" / image.diff_ids[0][7:]
+    layer = cli.root / "storage" / "layers" / (image.diff_ids[0][7:] + ".tar")
     assert layer.exists()
     assert not [p for p in tmp.iterdir()]
 

@@ -390,8 +390,8 @@ def test_import_without_a_name_or_message(store: Store) -> None:
 
 @pytest.mark.parametrize("data, message", [
     (b"", "empty"),
-    (b"this is not a tar archive at all" * 40, "not a valid tar"),
-    (HOSTILE, "outside the layer"),
+    (b"this is not a tar archive at all" * 40, "corrupt header"),
+    (HOSTILE, "has a '..' component"),
     (gzip.compress(LAYER_A)[:-20], "truncated"),
 ])
 def test_import_refuses_what_is_no_root_file_system(store: Store, data: bytes, message: str) -> None:
@@ -569,14 +569,14 @@ def test_a_hostile_layer_fails_after_others_were_stored_and_they_are_removed(sto
     """Every digest matches, so storing starts; the last layer cannot be unpacked safely."""
     before = snapshot(store)
     data = tar_of(docker_members([([LAYER_A], ["localhost/ok:1"]), ([LAYER_B, HOSTILE], ["localhost/bad:1"])]))
-    with pytest.raises(ArchiveError, match="cannot be unpacked.*outside the layer"):
+    with pytest.raises(ArchiveError, match="cannot be unpacked.*has a '..' component"):
         load_bytes(store, data)
     assert snapshot(store) == before, "the first image is not loaded either: all or nothing"
 
 
 def test_a_hostile_oci_layer_leaves_nothing(store: Store) -> None:
     before = snapshot(store)
-    with pytest.raises(ArchiveError, match="outside the layer"):
+    with pytest.raises(ArchiveError, match="has a '..' component"):
         load_bytes(store, tar_of(oci_members([LAYER_A, HOSTILE])))
     assert snapshot(store) == before
 

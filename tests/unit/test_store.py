@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from fusefs.tarindex import TarIndex
 from rootless.config import Config
 from rootless.errors import AmbiguousImageId, DigestError, ImageNotFound, InvalidReference, StoreError
 from rootless.image.store import ImageRecord, Store
@@ -241,8 +242,9 @@ def test_unpack_layer_is_idempotent_and_stores_one_copy(tmp_path: Path) -> None:
     diff_ids = {store.unpack_layer(digest(b)) for b in (gz, gz, zst, raw)}
     assert diff_ids == {digest(raw)}
     hexd = digest(raw)[7:]
-    assert listing(store.layers_dir) == [hexd, hexd + ".json"]
-    assert (store.layer_path(digest(raw)) / "etc/hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert listing(store.layers_dir) == [hexd + ".json", hexd + ".tar", hexd + ".tar.idx"]
+    assert store.layer_path(digest(raw)).read_bytes() == raw     # kept as the tar itself
+    assert read_file(store, digest(raw), "etc/hosts") == b"127.0.0.1 localhost\n"
     info = store.layer_info(digest(raw))
     assert info.diff_id == digest(raw) and info.size == len(raw)
     assert listing(store.tmp_dir) == []
@@ -267,7 +269,7 @@ def test_gc_removes_only_what_no_image_needs(tmp_path: Path) -> None:
     kept = set(os.listdir(store.blobs_dir))
     assert kept < blobs_before and len(kept) == 4  # b's manifest, config and two layer blobs
     for diff_id in b.layers:
-        assert store.layer_path(diff_id).is_dir()
+        assert store.layer_path(diff_id).is_file()
     assert store.gc() == 0
 
     store.remove_image(b.id)
@@ -284,6 +286,22 @@ def _unpack_in_child(cfg: Config, blob_digest: str, barrier: multiprocessing.syn
     store = Store.open(cfg)
     barrier.wait()
     results.put(store.unpack_layer(blob_digest))
+
+
+def read_file(store: Store, diff_id: str, rel: str) -> bytes:
+    """A file's content, as fusefs would serve it from the stored layer tar."""
+    index = TarIndex.load(str(store.layer_path(diff_id)) + ".idx")
+    entry = index.entry(rel.encode())
+    assert entry is not None
+    with open(store.layer_path(diff_id), "rb") as f:
+        f.seek(entry.offset)
+        return f.read(entry.size)
+
+
+def names(store: Store, diff_id: str, rel: str) -> list[bytes]:
+    directory = TarIndex.load(str(store.layer_path(diff_id)) + ".idx").directory(rel.encode())
+    assert directory is not None
+    return list(directory.children)
 
 
 def big_layer(dirs: int, per_dir: int) -> bytes:
@@ -305,8 +323,8 @@ def test_two_processes_unpacking_one_layer_both_succeed_with_one_copy(tmp_path: 
     diff_ids = {results.get(timeout=5), results.get(timeout=5)}
     assert len(diff_ids) == 1
     hexd = diff_ids.pop()[7:]
-    assert listing(store.layers_dir) == [hexd, hexd + ".json"]
-    assert len(os.listdir(store.layers_dir / hexd / "d7")) == 100
+    assert listing(store.layers_dir) == [hexd + ".json", hexd + ".tar", hexd + ".tar.idx"]
+    assert len(names(store, "sha256:" + hexd, "d7")) == 100
     assert listing(store.tmp_dir) == []
 
 
@@ -323,7 +341,8 @@ def test_a_killed_unpack_leaves_no_layer_and_a_later_one_succeeds(tmp_path: Path
     proc.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if len(list(store.tmp_dir.glob("unpack-*/.layer.unpack-*/d*"))) >= 3:
+        staged = list(store.tmp_dir.glob("stage-*/layer.tar"))
+        if staged and staged[0].stat().st_size > 100_000:
             break
         time.sleep(0.002)
     else:
@@ -337,6 +356,6 @@ def test_a_killed_unpack_leaves_no_layer_and_a_later_one_succeeds(tmp_path: Path
     assert listing(store.layers_dir) == []
     assert Store.open(cfg).unpack_layer(digest(blob)) == digest(blob)
     assert store.has_layer(digest(blob))
-    assert len(os.listdir(store.layer_path(digest(blob)) / "d99")) == 100
+    assert len(names(store, digest(blob), "d99")) == 100
     Store.open(cfg)  # the dead unpack's staging holds no lock any more: it is cleaned
     assert listing(store.tmp_dir) == []
