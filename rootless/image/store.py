@@ -1,4 +1,4 @@
-"""The content-addressed image store: blobs as downloaded, layers unpacked, image records.
+"""The content-addressed image store: blobs as downloaded, layers as indexed tars, image records.
 
 Layout under ``Config.store_dir``::
 

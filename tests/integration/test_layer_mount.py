@@ -1,7 +1,8 @@
-"""A layer unpacked without root, mounted by fusefs, shows the owners and modes its tar recorded."""
+"""A layer stored without root (as its tar and index), mounted by fusefs, shows the owners and modes its tar recorded."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mounts import REPO, subid_range
-from rootless.image.layers import unpack
+from rootless.image.store import Store
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns]
 
@@ -37,16 +38,17 @@ STAT = (f"{sys.executable} -c 'import os,sys; [print(p.rsplit(\"/\",1)[-1], "
         "*(lambda s: (s.st_uid, s.st_gid, oct(s.st_mode & 0o7777)))(os.lstat(p))) for p in sys.argv[1:]]'")
 
 
-def test_unpacked_layer_mounts_with_the_tars_owners_and_modes(tmp_path: Path) -> None:
+def test_stored_layer_mounts_with_the_tars_owners_and_modes(tmp_path: Path) -> None:
     uids, gids = subid_range("/etc/subuid"), subid_range("/etc/subgid")
     if uids is None or gids is None:
         if os.environ.get("CI") == "true":
             pytest.fail("the test user needs /etc/subuid and /etc/subgid ranges (.ci/run creates them)")
         pytest.skip("no /etc/subuid or /etc/subgid range for this user")
-    layer, mnt = tmp_path / "layer", tmp_path / "mnt"
+    mnt = tmp_path / "mnt"
     mnt.mkdir()
-    unpack(io.BytesIO(layer_tar()), layer)
-    assert os.lstat(layer / "bin/su").st_uid == os.getuid()
+    store = Store.open_at(tmp_path / "store")
+    layer = store.layer_path(store.add_layer(io.BytesIO(gzip.compress(layer_tar()))))
+    assert layer.is_file() and os.stat(layer).st_uid == os.getuid()   # one file of the user's, whatever it holds
 
     script = f"""set -euo pipefail
         {sys.executable} -m fusefs -o lowerdir={layer} {mnt}
