@@ -3,8 +3,8 @@
 :func:`build_index` copies a tar stream to a file byte for byte (so the file's sha256 is
 the layer's diff_id) and parses every header on the way; :func:`index_file` indexes a
 tar already on disk by seeking over the file data.  The headers are parsed here, not by
-``tarfile``: a layer is thousands of small members, and ``tarfile`` costs about ten
-times more per member than the few slices and ``int()`` calls below.
+``tarfile``: a layer is thousands of small members, and ``tarfile`` takes twice as long
+only to list a Debian layer's 8,700 members (0.26 s) as this module takes to index it.
 
 A layer is applied the way Docker and containerd apply it: a leading ``./`` or ``/``
 is dropped, a later entry replaces an earlier one of the same name (a directory after a
@@ -16,20 +16,18 @@ faithfully (``..``, over-long names, a link to nothing, sparse members) is refus
 :class:`TarLayerError`.
 
 The index is a few flat arrays (one slot per inode) and one record per directory whose
-names are decoded only when the directory is first read: loading the index of a 9,000
-member layer costs milliseconds, and mounting a layer costs nothing more.
+names are decoded only when the directory is first read, so loading the index of that
+layer from disk takes under a millisecond.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import stat
 import struct
 import sys
 import tempfile
-import urllib.parse
 from array import array
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator, Protocol
@@ -50,11 +48,14 @@ _MAX_ID = 2**32 - 1
 _NS_MAX = 2**63 - 1
 _ZERO_BLOCK = bytes(BLOCK)
 _META = frozenset((b"x", b"g", b"L", b"K"))
+_META_MAX = 1 << 20  # as Go's reader: a bigger pax or long-name header is an attack, not a name
 # name mode uid gid size mtime chksum typeflag linkname magic, (version uname gname), devmajor devminor prefix
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s66x8s8s155s12x")
 #: A 0:0 character device in a directory's children: overlayfs' whiteout of that name.
 _WHITEOUT = -1
 _CORRUPT = "the layer tar is corrupt, truncated or hostile; pull the image again"
+_COMPRESSED = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
+_DECOMPRESS = "decompress it first (gunzip, zstd -d) and use the plain .tar"
 
 # S_IFMT for each tar type flag; b"\0" is a regular file too (pre-POSIX tars).
 _KINDS = {
@@ -301,9 +302,8 @@ class _Stream:
             chunk = bytes(chunk)
         if self._out is not None:
             view = memoryview(chunk)
-            while view:
-                n = self._out.write(view)
-                view = view[len(view) if n is None else n:]
+            while view:  # an unbuffered file may take less than it is given
+                view = view[self._out.write(view):]
         self._sha.update(chunk)
         self.size += len(chunk)
         rest = len(self._buf) - self._pos
@@ -367,9 +367,6 @@ class _File:
         self.offset += n
         return self.offset <= self.size
 
-    def finish(self) -> None:
-        return None
-
 
 # -- parsing -------------------------------------------------------------------------------
 
@@ -397,9 +394,8 @@ def index_file(path: bytes | str) -> TarIndex:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         head = os.pread(fd, 4, 0)
-        if head.startswith(b"\x1f\x8b") or head.startswith(b"\x28\xb5\x2f\xfd"):
-            raise TarLayerError(f"{os.fsdecode(path)} is compressed; fusefs serves plain tars only",
-                                "decompress it first (gunzip, zstd -d) and mount the .tar")
+        if head.startswith(_COMPRESSED):
+            raise TarLayerError(f"{os.fsdecode(path)} is compressed; fusefs serves plain tars only", _DECOMPRESS)
         reader = _File(fd)
         builder = _Builder()
         _parse(reader, builder)
@@ -425,6 +421,8 @@ def _parse(r: _Reader, b: _Builder) -> None:
     while True:
         at = r.offset
         block = r.take(BLOCK)
+        if at == 0 and block.startswith(_COMPRESSED):
+            raise TarLayerError("the layer is compressed; fusefs indexes plain tars only", _DECOMPRESS)
         if len(block) < BLOCK:
             raise TarLayerError("the layer tar ends without its end-of-archive marker"
                                 if not block else f"the layer tar is truncated inside the header at byte {at}")
@@ -438,6 +436,8 @@ def _parse(r: _Reader, b: _Builder) -> None:
         if size < 0:
             raise TarLayerError(f"the layer tar has a corrupt header at byte {at} (negative size)")
         if typeflag in _META:
+            if size > _META_MAX:
+                raise TarLayerError(f"the layer tar has an extended header of {size} bytes at byte {at}")
             data = r.take(size)
             if len(data) < size or not r.skip(-size % BLOCK):
                 raise TarLayerError(f"the layer tar is truncated inside the header at byte {at}")
@@ -468,9 +468,10 @@ def _parse(r: _Reader, b: _Builder) -> None:
         if pax is not None:
             name, linkname, size, uid, gid, mtime_ns, xattrs = _apply_pax(
                 pax, at, name, linkname, size, uid, gid, mtime_ns)
-            if b"SCHILY.devmajor" in pax or b"SCHILY.devminor" in pax:
-                rdev = os.makedev(_pax_int(pax.get(b"SCHILY.devmajor", b"0"), at),
-                                  _pax_int(pax.get(b"SCHILY.devminor", b"0"), at))
+            if (kind == stat.S_IFCHR or kind == stat.S_IFBLK) and (
+                    b"SCHILY.devmajor" in pax or b"SCHILY.devminor" in pax):
+                rdev = _makedev(_pax_int(pax.get(b"SCHILY.devmajor", b"0"), at),
+                                _pax_int(pax.get(b"SCHILY.devminor", b"0"), at), at)
             pax = None
         longname = longlink = None
         if kind is None:
@@ -487,8 +488,15 @@ def _parse(r: _Reader, b: _Builder) -> None:
         else:
             size = 0  # other members carry no data whatever their size field says (as Go's reader)
             if (kind == stat.S_IFCHR or kind == stat.S_IFBLK) and not rdev:
-                rdev = os.makedev(_octal(f_major, at), _octal(f_minor, at))
+                rdev = _makedev(_octal(f_major, at), _octal(f_minor, at), at)
         b.add(name, kind, _octal(f_mode, at) & 0o7777, uid, gid, mtime_ns, size, offset, linkname, rdev, xattrs)
+
+
+def _makedev(major: int, minor: int, at: int) -> int:
+    try:
+        return os.makedev(major, minor)
+    except (OverflowError, ValueError):
+        raise TarLayerError(f"the layer tar has an impossible device number at byte {at}") from None
 
 
 def _octal(field: bytes, at: int) -> int:
@@ -560,7 +568,9 @@ def _apply_pax(pax: dict[bytes, bytes], at: int, name: bytes, linkname: bytes, s
             xattrs = xattrs or {}
             xattrs[key[13:]] = value
         elif key.startswith(b"LIBARCHIVE.xattr."):
-            # libarchive writes the name %-escaped and the value in base64.
+            # libarchive writes the name %-escaped and the value in base64 (rare: imported here).
+            import base64
+            import urllib.parse
             xattrs = xattrs or {}
             try:
                 xattrs[urllib.parse.unquote_to_bytes(key[17:])] = base64.b64decode(value, validate=True)
@@ -653,8 +663,11 @@ class _Builder:
             return
         dirrel, _, base = rel.rpartition(b"/")
         if WH_PREFIX in rel:
-            if b"/" + META_PREFIX in b"/" + dirrel or (base.startswith(META_PREFIX) and base != OPAQUE_MARKER):
-                # aufs' bookkeeping (.wh..wh.plnk, .wh..wh.aufs) and fusefs' own: never layer content.
+            if b"/" + WH_PREFIX in b"/" + dirrel:
+                # Below aufs' bookkeeping (.wh..wh.plnk/) or below a whiteout: nothing a container sees.
+                self.warnings.append(f"skipped {_show(name)}: it is inside a whiteout or layer metadata")
+                return
+            if base.startswith(META_PREFIX) and base != OPAQUE_MARKER:
                 self.warnings.append(f"skipped {_show(name)}: names starting with .wh..wh. are reserved for "
                                      "layer metadata")
                 return

@@ -325,6 +325,12 @@ def test_reserved_metadata_names_are_skipped_with_a_warning() -> None:
     assert len(idx.warnings) == 2 and all(".wh..wh." in w for w in idx.warnings)
 
 
+def test_members_below_a_whiteout_are_skipped_and_the_whiteout_stays_hidden() -> None:
+    idx = index(make_tar(member(".wh.d", tarfile.DIRTYPE), member(".wh.d/inside", data=b"x"), member("ok", data=b"")))
+    assert names(idx) == ["ok"] and hidden(idx) == ["d"]
+    assert idx.warnings and "whiteout" in idx.warnings[0]
+
+
 def test_a_device_node_other_than_a_whiteout_is_an_entry() -> None:
     e = entry(index(make_tar(member("null", tarfile.CHRTYPE, dev=(1, 3)))), "null")
     assert stat.S_ISCHR(e.mode) and e.rdev == os.makedev(1, 3)
@@ -369,6 +375,10 @@ def test_truncated_tars_and_corrupt_headers_are_refused() -> None:
     bad = bytearray(data)
     bad[0] ^= 0x20  # the first name changes, the checksum does not
     refused(bytes(bad), "checksum")
+
+
+def test_oversized_extended_headers_are_refused() -> None:
+    refused(make_tar(member("f", pax={"comment": "x" * (1 << 20)})), "extended header")
 
 
 def test_unknown_member_types_are_refused() -> None:
@@ -420,11 +430,12 @@ def test_index_file_reads_a_tar_on_disk_to_the_same_index(tmp_path: Path) -> Non
     assert on_disk.size == len(data) and on_disk.diff_id is None
 
 
-def test_index_file_refuses_a_compressed_tar_with_a_hint(tmp_path: Path) -> None:
+def test_compressed_tars_are_refused_with_a_hint(tmp_path: Path) -> None:
     tgz = tmp_path / "layer.tar.gz"
     tgz.write_bytes(gzip.compress(sample_tar()))
     with pytest.raises(TarLayerError, match="decompress"):
         index_file(tgz)
+    refused(tgz.read_bytes(), "compressed", "decompress")
 
 
 # -- the layer the union reads -----------------------------------------------------------
