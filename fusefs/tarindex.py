@@ -22,6 +22,7 @@ layer from disk takes under a millisecond.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -303,7 +304,10 @@ class _Stream:
         if self._out is not None:
             view = memoryview(chunk)
             while view:  # an unbuffered file may take less than it is given
-                view = view[self._out.write(view):]
+                n = self._out.write(view)
+                if not n:
+                    raise OSError(errno.EIO, "the layer tar could not be written (the file took no bytes)")
+                view = view[n:]
         self._sha.update(chunk)
         self.size += len(chunk)
         rest = len(self._buf) - self._pos
