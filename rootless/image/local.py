@@ -17,6 +17,7 @@ about 2.5 times as fast as the default level 6 for blobs about 13% larger: every
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -69,14 +70,19 @@ class Ingest:
         self._layers: list[str] = []
         self._pending: list[ImageRecord] = []
         self._done = False
+        self._lease = contextlib.ExitStack()
 
     def __enter__(self) -> Ingest:
+        self._lease.enter_context(self.store.lease())   # gc spares what is added before commit
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if not self._done:
-            self.discard()
+        try:
+            if not self._done:
+                self.discard()
+        finally:
+            self._lease.close()
 
     def discard(self) -> None:
         self._done = True

@@ -46,6 +46,12 @@ class PullResult:
 async def pull(store: Store, client: RegistryClient, ref: Reference, *, platform: mf.Platform | None = None,
                report: Report = lambda event: None, max_downloads: int = MAX_DOWNLOADS) -> PullResult:
     """Pull REF into STORE and return the image record; REF has a tag or a digest."""
+    with store.lease():   # gc must not take the blobs and layers before the record names them
+        return await _pull(store, client, ref, platform=platform, report=report, max_downloads=max_downloads)
+
+
+async def _pull(store: Store, client: RegistryClient, ref: Reference, *, platform: mf.Platform | None,
+                report: Report, max_downloads: int) -> PullResult:
     raw, media_type, digest = await client.get_manifest(ref)
     parsed = mf.parse(raw, media_type, digest)
     blobs = [(digest, raw)]

@@ -529,34 +529,66 @@ class Store:
             self._save([i for i in images if i.id != target.id])
         return target
 
+    @contextmanager
+    def lease(self) -> Iterator[None]:
+        """Hold while storing things that no image names yet (a pull, a load, a build).
+
+        Until the image record is written, its blobs and layers look unused; gc must not
+        take them.  Leases are shared flocks; gc tries for the exclusive one and, while
+        any lease is held, spares what was stored in the last hour.
+        """
+        fd = os.open(self.root / "leases", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     def gc(self, keep_layers: Iterable[str] = ()) -> int:
         """Remove the blobs and layers no image needs, and return the bytes freed.
 
         A blob is needed when an image names it (config, manifest, repo digest) or a
         needed manifest or index lists it; a layer when an image lists it or KEEP_LAYERS
-        (e.g. the layers of running containers) does.  Items being written are skipped.
+        (e.g. the layers of running containers) does.  Items being written are skipped,
+        and while a pull or load holds a lease, so is anything stored in the last hour.
         """
         freed = 0
-        with self.locked():
-            images = self.images()
-            blobs = self._needed_blobs(images)
-            layers = {_hex(d) for i in images for d in i.layers} | {_hex(d) for d in keep_layers}
-            for entry in _scan(self.blobs_dir):
-                if _HEX.match(entry.name) and entry.name not in blobs:
-                    with self._locks.hold(self.locks_dir / entry.name, blocking=False) as free:
-                        if free:
-                            freed += _size(Path(entry.path))
-                            _remove(Path(entry.path))
-            names = {_layer_name(e.name) for e in _scan(self.layers_dir)}
-            names = {n for n in names if _HEX.match(n)}
-            for name in sorted(names - layers):
-                with self._locks.hold(self.locks_dir / name, blocking=False) as free:
+        lease_fd = os.open(self.root / "leases", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(lease_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                spare_after = float("inf")
+            except BlockingIOError:
+                spare_after = time.time() - STALE_SECONDS
+            with self.locked():
+                freed = self._collect(keep_layers, spare_after)
+        finally:
+            os.close(lease_fd)
+        return freed
+
+    def _collect(self, keep_layers: Iterable[str], spare_after: float) -> int:
+        freed = 0
+        images = self.images()
+        blobs = self._needed_blobs(images)
+        layers = {_hex(d) for i in images for d in i.layers} | {_hex(d) for d in keep_layers}
+        for entry in _scan(self.blobs_dir):
+            if _HEX.match(entry.name) and entry.name not in blobs and not _recent(Path(entry.path), spare_after):
+                with self._locks.hold(self.locks_dir / entry.name, blocking=False) as free:
                     if free:
-                        freed += self._drop_layer(name)
-            for entry in _scan(self.diffids_dir):
-                diff_id = self._diff_id_of(entry.name)
-                if diff_id is None or not self.has_layer(diff_id) or not (self.blobs_dir / entry.name).is_file():
-                    _remove(Path(entry.path))
+                        freed += _size(Path(entry.path))
+                        _remove(Path(entry.path))
+        names = {_layer_name(e.name) for e in _scan(self.layers_dir)}
+        names = {n for n in names if _HEX.match(n)}
+        for name in sorted(names - layers):
+            if _recent(self.layers_dir / f"{name}.json", spare_after):
+                continue
+            with self._locks.hold(self.locks_dir / name, blocking=False) as free:
+                if free:
+                    freed += self._drop_layer(name)
+        for entry in _scan(self.diffids_dir):
+            diff_id = self._diff_id_of(entry.name)
+            if diff_id is None or not self.has_layer(diff_id) or not (self.blobs_dir / entry.name).is_file():
+                _remove(Path(entry.path))
         return freed
 
     def discard_unused(self, blobs: Iterable[str] = (), layers: Iterable[str] = ()) -> None:
@@ -674,6 +706,13 @@ class Store:
 
 
 # -- image record helpers ---------------------------------------------------------------------
+
+
+def _recent(path: Path, after: float) -> bool:
+    try:
+        return path.stat().st_ctime > after
+    except OSError:
+        return False
 
 
 def _remove_unlocked_stage(stage: Path) -> None:

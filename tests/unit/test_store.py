@@ -359,3 +359,16 @@ def test_a_killed_unpack_leaves_no_layer_and_a_later_one_succeeds(tmp_path: Path
     assert len(names(store, digest(blob), "d99")) == 100
     Store.open(cfg)  # the dead unpack's staging holds no lock any more: it is cleaned
     assert listing(store.tmp_dir) == []
+
+
+def test_gc_spares_what_a_pull_in_progress_stored(tmp_path: Path) -> None:
+    """Between storing its blobs and writing its record, a pull's content belongs to no image."""
+    store = Store.open(config(tmp_path))
+    blob = b"a blob a pull just stored"
+    with store.lease():
+        store.write_blob(digest(blob), blob)
+        other = Store.open(config(tmp_path))   # another process, running rmi or prune
+        assert other.gc() == 0
+        assert store.has_blob(digest(blob))
+    assert Store.open(config(tmp_path)).gc() == len(blob)
+    assert not store.has_blob(digest(blob))
