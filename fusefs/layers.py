@@ -208,10 +208,6 @@ class DirLayer:
         return self._links.get(ino, [])
 
 
-#: The name this class had before tar layers existed.
-Layer = DirLayer
-
-
 def check_directory(path: bytes, what: str) -> None:
     try:
         st = os.stat(path)
