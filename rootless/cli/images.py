@@ -220,20 +220,15 @@ def _inspect() -> Any:
     return inspect
 
 
+def _container_records(app: App) -> list[dict[str, Any]]:
+    from ..runtime.containers import Containers
+
+    return [c.record for c in Containers(app.config).all()]
+
+
 def images_in_use(app: App) -> set[str]:
-    """Ids of the images that containers were made from (none until the runtime records containers)."""
-    used: set[str] = set()
-    containers = app.config.data_dir / "containers"
-    if not containers.is_dir():
-        return used
-    for state in containers.glob("*/config.json"):
-        try:
-            image_id = json.loads(state.read_text()).get("Image")
-        except (OSError, ValueError):
-            continue
-        if isinstance(image_id, str):
-            used.add(image_id)
-    return used
+    """Ids of the images that containers were made from."""
+    return {str(r["Image"]) for r in _container_records(app) if isinstance(r.get("Image"), str)}
 
 
 def remove_image(app: App, name: str, force: bool) -> list[str]:
@@ -267,8 +262,8 @@ def remove_image(app: App, name: str, force: bool) -> list[str]:
 
 
 def _layers_in_use(app: App) -> set[str]:
-    used = images_in_use(app)
-    return {d for i in app.store.images() if i.id in used for d in i.layers}
+    """Every container's layers, from its own record: they outlive an image removed with -f."""
+    return {str(d) for r in _container_records(app) for d in r.get("Layers") or []}
 
 
 def _looks_like_id(name: str, image: ImageRecord) -> bool:

@@ -253,3 +253,18 @@ def test_exec_it_and_a_detached_terminal(image: tuple[Cli, str]) -> None:
     out = term.seen.decode(errors="replace").split("exit 4", 1)[1]
     assert "20 70" in out and "/dev/pts/1" in out
     ok(cli, "rm", "-f", "tty-bg")
+
+
+def test_rmi_refuses_an_image_a_container_uses_unless_forced(image: tuple[Cli, str]) -> None:
+    cli, name = image
+    ok(cli, "tag", name, "local/kept:1")
+    ok(cli, "run", "--name", "user-of-image", "local/kept:1", "sh", "-c", "echo from-layer > /mine")
+    assert ok(cli, "rmi", "local/kept:1") == "Untagged: local/kept:1\n"   # another name remains: untag only
+    refused = cli.proc("rmi", name)
+    assert refused.returncode == 125
+    assert "container is using its referenced image" in refused.stderr
+    assert "Deleted: sha256:" in ok(cli, "rmi", "-f", name)
+    # The container still starts: its layers stayed although the image went.
+    assert ok(cli, "start", "-a", "user-of-image") == ""
+    ok(cli, "rm", "user-of-image")
+    ok(cli, "pull", "-q", name)
