@@ -51,11 +51,26 @@ def probe_registry() -> str | None:
     return None
 
 
+def probe_proot() -> str | None:
+    """Return why proot cannot run a traced command here, or None if it can."""
+    if shutil.which("proot") is None:
+        return "proot is not on PATH (as root: apt-get install proot)"
+    try:
+        result = subprocess.run(["proot", "-v", "-1", "-r", "/", "true"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=30, cwd="/")
+    except subprocess.TimeoutExpired:
+        return "proot -r / true did not finish within 30 s"
+    if result.returncode != 0:
+        return f"proot -r / true failed: {result.stderr.strip() or result.returncode} (is ptrace forbidden?)"
+    return None
+
+
 # Marker name -> probe. The markers themselves are declared in setup.cfg.
 PROBES: Mapping[str, Callable[[], str | None]] = {
     "fuse": probe_fuse,
     "userns": probe_userns,
     "registry": probe_registry,
+    "proot": probe_proot,
 }
 
 
