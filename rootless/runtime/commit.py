@@ -59,8 +59,6 @@ class Change:
 def changes(fs: ContainerFS) -> list[Change]:
     """What the container changed, parents before children, names sorted; mount targets left out."""
     out: dict[bytes, Change] = {}
-    near_hidden = {h.rpartition(b"/")[0] for h in fs.hidden}
-    near_hidden = {p for h in near_hidden for p in _ancestors(h)} | near_hidden
     for raw in list_changes(fs.paths.upper):
         rel = raw.path
         if fs.is_hidden(rel):
@@ -72,10 +70,12 @@ def changes(fs: ContainerFS) -> list[Change]:
         if below is None:
             out[rel] = Change(rel, ADDED, raw.opaque)
             continue
+        # A directory is in the upper layer because something below it changed; docker leaves
+        # it out unless its own attributes did.  Its time is not compared: fusefs' copy-up of
+        # a child moves it, where kernel overlayfs puts it back, and so does making a mount target.
         mine = fs.merged.meta(rel)
         unchanged = (mine is not None and mine.is_dir and below.is_dir and not raw.opaque
-                     and (mine.perm, mine.uid, mine.gid) == (below.perm, below.uid, below.gid)
-                     and (rel in near_hidden or _same_time(mine.mtime_ns, below.mtime_ns)))
+                     and (mine.perm, mine.uid, mine.gid) == (below.perm, below.uid, below.gid))
         out[rel] = Change(rel, CHANGED, raw.opaque, shown=not unchanged)
         if raw.opaque and below.is_dir and fs.image is not None:
             kept = set(fs.merged.names(rel))
@@ -91,18 +91,6 @@ def changes(fs: ContainerFS) -> list[Change]:
             p = out[parent]
             out[parent] = Change(p.path, p.kind, p.opaque, True, p.in_layer)
     return sorted(out.values(), key=lambda c: c.path.split(b"/"))
-
-
-def _ancestors(rel: bytes) -> list[bytes]:
-    parts = rel.split(b"/") if rel else []
-    return [b"/".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _same_time(a: int, b: int) -> bool:
-    """As docker compares: to the nanosecond, or to the second where either lacks nanoseconds."""
-    if a % 1_000_000_000 == 0 or b % 1_000_000_000 == 0:
-        return a // 1_000_000_000 == b // 1_000_000_000
-    return a == b
 
 
 def write_layer(out: BinaryIO, fs: ContainerFS, found: Sequence[Change]) -> None:
