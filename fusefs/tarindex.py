@@ -427,9 +427,13 @@ def _parse(r: _Reader, b: _Builder) -> None:
         block = r.take(BLOCK)
         if at == 0 and block.startswith(_COMPRESSED):
             raise TarLayerError("the layer is compressed; fusefs indexes plain tars only", _DECOMPRESS)
+        if not block and pax is None and longname is None and longlink is None:
+            # Ended at a header boundary without the two zero blocks: Go's archive/tar, and so
+            # docker and containerd, take that as the end; the blob's digest vouches for it.
+            return
         if len(block) < BLOCK:
-            raise TarLayerError("the layer tar ends without its end-of-archive marker"
-                                if not block else f"the layer tar is truncated inside the header at byte {at}")
+            raise TarLayerError("the layer tar ends inside an entry's headers" if not block
+                                else f"the layer tar is truncated inside the header at byte {at}")
         if block == _ZERO_BLOCK:
             return  # the end of the archive; what follows is padding
         (name, f_mode, f_uid, f_gid, f_size, f_mtime, f_sum, typeflag, linkname, magic, f_major, f_minor,
