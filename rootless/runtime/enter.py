@@ -43,9 +43,10 @@ def call(child: Callable[[], None], *, ids: IdMap | None = None, join_pid: int |
     With JOIN_PID the child joins that process's user namespace (and with MOUNT_NS its
     mount namespace too: its ``/`` is then the container's root); without, it makes a
     new user namespace mapped as IDS.  CHILD_CLOSES are closed in the child first and
-    PARENT_CLOSES here after the fork (the other ends of pipes between the two).  A
-    RootlessError raised by CHILD is raised here; an error of PARENT wins over the
-    child's, which it usually causes (a broken pipe).
+    PARENT_CLOSES here after the fork (the other ends of pipes between the two); PARENT
+    must close its own ends, also when it fails, so that the child is never left
+    blocked on a pipe.  A RootlessError raised by CHILD is raised here; when both fail,
+    the one that failed first wins (the other saw a broken pipe or a cut stream).
     """
     if join_pid is None and ids is None:
         raise ValueError("either ids or join_pid")
@@ -66,7 +67,12 @@ def call(child: Callable[[], None], *, ids: IdMap | None = None, join_pid: int |
                 os.close(go_r)
                 _join(join_pid, mount_ns)
             else:
-                linux.unshare(linux.CLONE_NEWUSER)
+                try:
+                    linux.unshare(linux.CLONE_NEWUSER)
+                except OSError as e:
+                    raise RootlessError(f"cannot create a user namespace: {e.strerror}",
+                                        "rootless needs unprivileged user namespaces "
+                                        "(sysctl kernel.unprivileged_userns_clone=1)") from None
                 os.write(sync_w, b"u")
                 os.close(sync_w)
                 if os.read(go_r, 1) != b"g":

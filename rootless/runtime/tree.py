@@ -19,7 +19,7 @@ import shutil
 import stat
 import tarfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Protocol
 
@@ -539,14 +539,16 @@ class DiskTree:
         finally:
             os.close(fd)
 
-    def _chown(self, do: object, rel: bytes, owner: tuple[int, int]) -> None:
+    def _chown(self, do: Callable[[], None], rel: bytes, owner: tuple[int, int]) -> None:
         try:
-            do()  # type: ignore[operator]
+            do()
         except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EINVAL):
+            if e.errno == errno.EPERM:
+                return   # on the host, an unprivileged user keeps the files: as docker's client without root
+            if e.errno != errno.EINVAL:
                 raise
-            self.warnings.append(f"/{os.fsdecode(rel)}: owner {owner[0]}:{owner[1]} is not mapped here; "
-                                 "left to root")
+            self.warnings.append(f"/{os.fsdecode(rel)}: the owner {owner[0]}:{owner[1]} does not exist in the "
+                                 "container (no subordinate id for it); it stays root's")
 
 
 def _make_writable(dir_fd: int, name: bytes) -> None:
