@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from fusefs.changes import DELETED, list_changes
+from fusefs.changes import ADDED, CHANGED, DELETED, list_changes
 from fusefs.whiteout import OPAQUE_MARKER, WH_PREFIX
 
 from ..errors import ImageNotFound, RootlessError
@@ -36,9 +36,6 @@ from .tree import TarWriter, join
 
 if TYPE_CHECKING:
     from ..image.store import ImageRecord, Store
-
-ADDED, CHANGED = "A", "C"
-
 
 @dataclass(frozen=True)
 class Change:
