@@ -100,6 +100,12 @@ class Started:
 
 def start(launch: Launch) -> Started:
     """Fork the helper and init; return once init has exec'd the command or failed to."""
+    from . import host
+
+    if host.runtime_mode() == host.PROOT:   # no user namespace can be made here: proot.py instead
+        from . import proot
+
+        return proot.start(launch)
     report_r, report_w = os.pipe()      # helper/init -> parent: {"pid"} then {"error"} or EOF at exec
     sync_r, sync_w = os.pipe()          # helper -> parent: "user namespace made"
     go_r, go_w = os.pipe()              # parent -> helper: "ids mapped"

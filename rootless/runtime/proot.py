@@ -1,0 +1,570 @@
+"""Running a container where no user namespace can be made: proot over a fusefs root mounted from here.
+
+    rootless run ─ fork ─► helper: mounts fusefs on the rootfs dir in the caller's own
+                           namespaces (libfuse calls fusermount3, as the ``fusefs``
+                           command does) and serves it until the keeper exits
+                   └ fork ─► keeper: applies docker's rules (user, working directory,
+                           127/126 before anything starts), starts proot, learns the
+                           command's pid, takes proot's own messages out of stderr,
+                           and when the command exits kills whatever it left behind
+                           └ fork, exec ─► proot -r ROOTFS ... ─► the command (traced)
+
+``launch.start`` comes here when ``host.runtime_mode()`` says ``proot``.  The
+``Launch``/``Started`` contract is launch's: the parent hears ``{"pid"}`` or
+``{"error", "code"}`` on the report pipe, and the helper's exit status is the container's.
+
+What proot cannot give, and how this copes:
+
+- No pid namespace: the command is an ordinary process of the host, not pid 1, and
+  /proc is the host's.  The pid reported (and signalled by stop/kill) is the command's.
+- proot 5.1 (Debian 12) has no ``--kill-on-exit`` and exits only when every tracee has:
+  the keeper finds the command as proot's child, watches it through a pidfd and
+  SIGKILLs the remaining tracees (``TracerPid`` is proot) once it is gone.
+- proot's exit status is the last tracee that *exited*, so a command killed by a signal
+  reads as an earlier child's status or 255.  At ``-v 1`` proot says how each tracee
+  ended; the keeper reads that from the shared stderr and answers docker's status
+  (128+signal).  With ``-t`` stderr is the terminal, proot stays quiet (``-v -1``) and
+  its own exit status is used.
+- No real ids: ``-0`` or ``-i uid:gid`` fake them in what the command sees; every file
+  access is really the user's.  The union is mounted without ``default_permissions``, so
+  the kernel checks nothing and the container behaves as root would, whatever -u says.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import posixpath
+import re
+import select
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import termios
+import time
+import traceback
+
+from . import launch as _launch
+from . import linux
+from .launch import Launch, Started, StartError
+from .spec import UserNotFound, resolve_user
+from .volumes import Mount, resolve_in_root, seed
+
+#: Seconds the keeper still reads stderr after proot exited (a daemon that escaped the
+#: tracing could hold the pipe open forever).
+DRAIN_S = 2.0
+
+
+def start(launch: Launch) -> Started:
+    """Fork the helper (and through it the keeper and proot); return once the command runs or failed to."""
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        closed = [False]
+        code = 125
+        try:
+            code = _helper(launch, report_w, closed)
+        except StartError as e:
+            _launch._helper_error(report_w, closed, e.message, e.code)
+            code = e.code
+        except BaseException as e:  # noqa: BLE001 (the child must never return into the CLI)
+            _launch._helper_error(report_w, closed, f"internal error: {e!r}\n{traceback.format_exc()}", 125)
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    init_pid = None
+    error: StartError | None = None
+    with os.fdopen(report_r, "rb") as reports:
+        for line in reports:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "pid" in msg:
+                init_pid = int(msg["pid"])
+            elif "error" in msg and error is None:
+                error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+    return Started(pid, init_pid, error)
+
+
+# -- the helper: the mount, in the caller's namespaces ---------------------------------------------
+
+def _helper(launch: Launch, report_w: int, closed_report: list[bool]) -> int:
+    for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(s, signal.SIG_IGN)
+    if launch.detach:
+        os.setsid()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    proot = shutil.which("proot")
+    if proot is None:
+        raise StartError("user namespaces are unavailable here and proot, the fallback, is not installed: "
+                         "install it (Debian package proot); `rootless info` says what this host lacks")
+    if launch.network == "none":
+        raise StartError("--network none needs a network namespace, and without user namespaces (proot mode) "
+                         "there is none: leave it out to share the host's network")
+    if launch.network != "host":
+        # The default (private) cannot be had either; refusing it would refuse every plain run.
+        _launch.write_all(2, b"WARNING: proot mode has no network namespace: the container shares the host's "
+                             b"network (published ports are the host's own)\n")
+    _unmount_stale(launch.rootfs)
+
+    import pyfuse3
+
+    from fusefs.cli import MountOptions, UsageError, build
+    from fusefs.operations import Operations
+
+    try:
+        fs = build(MountOptions(launch.rootfs, list(launch.lowers), launch.upper, launch.work))
+    except UsageError as e:
+        raise StartError(f"cannot build the container's root: {e}") from None
+    # Only the user can reach the mount (no allow_other), and every process of the container
+    # is the user: without default_permissions the kernel checks nothing, as for root.
+    try:
+        options = {"fsname=fusefs", "subtype=fusefs"} | ({"ro"} if launch.readonly else set())
+        pyfuse3.init(Operations(fs), launch.rootfs, options)
+    except RuntimeError as e:
+        raise StartError(f"mounting the container's root on {launch.rootfs} failed: {e} (through fusermount3: "
+                         "see `rootless info`)") from None
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    keeper = os.fork()
+    if keeper == 0:
+        code = 125
+        try:
+            os.close(out_r)
+            os.close(err_r)
+            code = _keeper(launch, proot, report_w, out_w, err_w)
+        except StartError as e:
+            _launch._report(report_w, {"error": e.message, "code": e.code})
+            code = e.code
+        except BaseException as e:  # noqa: BLE001
+            _launch._report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+        finally:
+            os._exit(code)
+    if launch.tty_socket is not None:
+        os.close(launch.tty_socket)
+    os.close(report_w)
+    closed_report[0] = True
+    os.close(out_w)
+    os.close(err_w)
+    outputs = None if launch.detach else (os.dup(1), os.dup(2))
+    if launch.fuse_log:
+        fd = os.open(launch.fuse_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if launch.detach:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+    receiver = launch.tty_receiver if launch.detach else None
+    code = _launch._serve_until_exit(fs, keeper, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs,
+                                     receiver)
+    if launch.on_exit is not None:
+        try:
+            launch.on_exit(code)
+        except Exception:  # noqa: BLE001
+            _launch.log.exception("recording the container's exit failed")
+    return code
+
+
+def _unmount_stale(path: str) -> None:
+    """A helper killed with -9 leaves its mount behind, answering ENOTCONN; take it away first."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            mounted = any(line.split()[4] == real for line in f if len(line.split()) > 4)
+    except OSError:
+        return
+    if mounted:
+        subprocess.run(["fusermount3", "-u", "-z", real], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+# -- the keeper: docker's rules, proot, and the end of the container --------------------------------
+
+def _keeper(launch: Launch, proot: str, report_w: int, out_w: int, err_w: int) -> int:
+    linux.set_parent_death_signal(signal.SIGKILL)
+    tty = launch.tty_socket is not None
+    if not launch.interactive:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.close(out_w)
+    os.close(err_w)
+    argv, env = command_line(launch, proot, verbose=not tty)
+    filt_r, filt_w = (None, None) if tty else os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            linux.set_parent_death_signal(signal.SIGKILL)
+            if filt_w is not None:
+                os.dup2(filt_w, 2)
+            if launch.tty_socket is not None:
+                _take_host_pty(launch.tty_socket, launch.winsize)
+            os.chdir(launch.rootfs)
+            _launch._default_signals()
+            os.execve(argv[0], argv, env)
+        except BaseException as e:  # noqa: BLE001
+            _launch._report(report_w, {"error": f"cannot start proot: {e}", "code": 125})
+        finally:
+            os._exit(125)
+    if launch.tty_socket is not None:
+        os.close(launch.tty_socket)
+    if filt_w is not None:
+        os.close(filt_w)
+    return _supervise(pid, filt_r, report_w)
+
+
+def command_line(launch: Launch, proot: str, verbose: bool) -> tuple[list[str], dict[str, str]]:
+    """proot's argv and environment for LAUNCH, after docker's checks (which raise StartError).
+
+    Reads the container's files through the mounted root, so the helper must be serving it.
+    """
+    root = launch.rootfs
+    spec = launch.process
+    try:
+        user = resolve_user(spec.user, in_root(root, "/etc/passwd"), in_root(root, "/etc/group"))
+    except UserNotFound as e:
+        raise StartError(e.message) from None
+    env = list(spec.env)
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={user.home}")
+    cwd = in_root(root, spec.cwd)
+    try:
+        os.makedirs(cwd, exist_ok=True)   # docker creates a missing working directory
+    except OSError:
+        pass
+    if not os.path.isdir(cwd):
+        why = "not a directory" if os.path.exists(cwd) else "no such file or directory"
+        raise StartError(f"chdir to cwd (\"{spec.cwd}\") set in config.json failed: {why}", 125)
+    find_executable(root, spec.args[0], env, spec.cwd)
+    binds = ["-b", "/proc", "-b", "/dev", "-b", "/sys"]
+    for target, source in launch.etc_files.items():
+        if not launch.readonly:
+            _replace_with_file(in_root(root, posixpath.dirname(target)) + "/" + posixpath.basename(target))
+        binds += ["-b", f"{source}:{target}"]
+    for index, m in enumerate(launch.mounts):
+        binds += ["-b", f"{_mount_source(launch, m, index)}:{m.target}"]
+    args = list(spec.args)
+    if launch.init_binary:
+        # Not pid 1 here: tini must be told to be the reaper of what its child leaves (-s).
+        extra = ["-s"] if "tini" in os.path.basename(launch.init_binary) else []
+        binds += ["-b", f"{launch.init_binary}:{_launch.INIT_PATH}"]
+        args = [_launch.INIT_PATH, *extra, "--", *args]
+    ids = ["-0"] if (user.uid, user.gid) == (0, 0) else ["-i", f"{user.uid}:{user.gid}"]
+    argv = [proot, "-r", root, "-w", spec.cwd, "-v", "1" if verbose else "-1", *binds, *ids, *args]
+    return argv, dict(e.split("=", 1) for e in env if "=" in e)
+
+
+def _mount_source(launch: Launch, m: Mount, index: int) -> str:
+    """What proot binds for M: the bind's or volume's directory, or for --tmpfs a fresh one of the
+    container's (there is no tmpfs without a mount namespace)."""
+    if m.readonly:
+        raise StartError(f"{m.target} is to be read-only, and without user namespaces (proot mode) a bind "
+                         "cannot be made read-only: drop :ro, or run where user namespaces are allowed")
+    target = in_root(launch.rootfs, m.target)
+    source_is_dir = m.kind != "bind" or os.path.isdir(m.source)
+    if not launch.readonly:      # a read-only root gets proot's own stand-ins for missing mount points
+        try:
+            if source_is_dir:
+                os.makedirs(target, exist_ok=True)
+            elif not os.path.lexists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+        except OSError as e:
+            raise StartError(f"cannot create the mount point {m.target} in the container: {e.strerror}") from None
+    if m.kind == "tmpfs":
+        source = os.path.join(os.path.dirname(launch.rootfs), "tmpfs", str(index))
+        shutil.rmtree(source, ignore_errors=True)
+        os.makedirs(source, mode=0o1777)
+        os.chmod(source, 0o1777)
+        return source
+    if m.seed:
+        seed(target, m.source)
+    return m.source
+
+
+def in_root(root: str, path: str) -> str:
+    """The host path of the container's PATH, symlinks followed inside ROOT (volumes.resolve_in_root)."""
+    try:
+        return resolve_in_root(root, path)
+    except OSError as e:
+        raise StartError(f"cannot resolve {path} in the container: {e.strerror}", 125) from None
+
+
+def find_executable(root: str, name: str, env: list[str], cwd: str) -> str:
+    """What launch's exec would find and refuse, decided before proot starts: proot itself
+    answers a missing or unexecutable command with its own message and exit status 1."""
+    if "/" in name:
+        path = in_root(root, posixpath.join(cwd, name))
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise StartError(f'exec: "{name}": stat {name}: no such file or directory', 127) from None
+        if not _executable(path, st):
+            raise StartError(f'exec: "{name}": permission denied', 126)
+        return name
+    search = next((e[5:] for e in env if e.startswith("PATH=")), "")
+    for directory in search.split(":"):
+        candidate = posixpath.join(directory or ".", name)
+        path = in_root(root, posixpath.join(cwd, candidate))
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            if not _executable(path, st):
+                raise StartError(f'exec: "{name}": permission denied', 126)
+            return candidate
+    raise StartError(f'exec: "{name}": executable file not found in $PATH', 127)
+
+
+def _executable(path: str, st: os.stat_result) -> bool:
+    """What execve would accept: a regular file with an x bit that is an ELF or a #! script."""
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+        return False
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return False
+    return magic == b"\x7fELF" or magic.startswith(b"#!")
+
+
+def _replace_with_file(path: str) -> None:
+    """docker replaces /etc/hosts & co. in the writable layer, a symlink included (resolv.conf -> ../run/...)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise StartError(f"cannot bind a file on {path}: it is a directory", 125)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+
+
+def _take_host_pty(sock_fd: int, winsize: bytes | None) -> None:
+    """-t without a devpts of our own: a pty of the host's, its master sent to whoever relays it."""
+    master, slave = os.openpty()
+    if winsize:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
+    with socket.socket(fileno=sock_fd) as sock:
+        sock.sendmsg([b"m"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
+    os.close(master)
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+# -- watching proot ---------------------------------------------------------------------------------
+
+class ProotMessages:
+    """Takes proot's own lines out of the stderr it shares with the command, and keeps how each
+    tracee ended (``pid N: exited with status S`` / ``terminated with signal S`` at ``-v 1``).
+
+    proot writes a message in three writes, so a line may arrive in pieces, and after a
+    partial line of the command's; what cannot be part of a message is passed on at once.
+    """
+
+    MARKS = (b"proot info: ", b"proot warning: ", b"proot error: ", b"fatal error: see `proot --help`.")
+    _END = re.compile(rb"pid (\d+): (exited with status|terminated with signal) (\d+)")
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.ends: dict[int, int] = {}      # tracee pid -> docker's exit code
+        self.errors: list[str] = []         # proot's error lines
+
+    def feed(self, data: bytes) -> bytes:
+        """Everything of DATA (after what is pending) that is the command's output."""
+        buf = self.pending + data
+        out = []
+        while buf:
+            found = [(i, m) for m in self.MARKS if (i := buf.find(m)) >= 0]
+            if not found:
+                keep = self._partial_mark(buf)
+                out.append(buf[:len(buf) - keep])
+                buf = buf[len(buf) - keep:]
+                break
+            i, mark = min(found)
+            out.append(buf[:i])
+            end = buf.find(b"\n", i)
+            if end < 0:
+                if len(buf) - i > 65536:       # no message is that long: it was not one
+                    out.append(buf[i:])
+                    buf = b""
+                else:
+                    buf = buf[i:]
+                break
+            self._take(mark, buf[i + len(mark):end])
+            buf = buf[end + 1:]
+        self.pending = buf
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self.pending = self.pending, b""
+        return rest
+
+    def _partial_mark(self, buf: bytes) -> int:
+        """How many trailing bytes of BUF could begin a mark."""
+        for n in range(min(len(buf), max(len(m) for m in self.MARKS) - 1), 0, -1):
+            if any(m.startswith(buf[-n:]) for m in self.MARKS):
+                return n
+        return 0
+
+    def _take(self, mark: bytes, text: bytes) -> None:
+        if mark == b"proot error: ":
+            self.errors.append(text.decode(errors="replace"))
+            return
+        m = self._END.search(text)
+        if m and mark == b"proot info: ":
+            code = int(m.group(3))
+            self.ends[int(m.group(1))] = code if m.group(2).startswith(b"exited") else 128 + code
+
+    def first_tracee(self, proot_pid: int, pid_max: int) -> int | None:
+        """The command's pid when it was never seen alive: proot forks it first, and every other
+        tracee descends from it, so its pid comes first after proot's (pids wrap at pid_max)."""
+        if not self.ends:
+            return None
+        return min(self.ends, key=lambda p: (p - proot_pid) % pid_max)
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def tracees(tracer: int) -> list[int]:
+    """Every process TRACER traces: all of a proot's container, even what called setsid."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                for line in f:
+                    if line.startswith("TracerPid:"):
+                        if int(line.split()[1]) == tracer:
+                            out.append(int(name))
+                        break
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _supervise(proot_pid: int, filt_r: int | None, report_w: int) -> int:
+    """Wait for the command, end the rest, and return the command's exit code as docker gives it."""
+    messages = ProotMessages()
+    verbose = filt_r is not None
+    poller = select.poll()
+    proot_fd = os.pidfd_open(proot_pid)
+    poller.register(proot_fd, select.POLLIN)
+    if filt_r is not None:
+        poller.register(filt_r, select.POLLIN)
+    main: int | None = None
+    main_fd: int | None = None
+    main_gone = False
+    proot_status: int | None = None
+    drain_until = 0.0
+    report_open = True
+    while True:
+        if main is None and not main_gone:
+            kids = _children(proot_pid)
+            if kids:
+                main = kids[0]
+                try:
+                    main_fd = os.pidfd_open(main)
+                    poller.register(main_fd, select.POLLIN)
+                except ProcessLookupError:
+                    main_gone = True
+                _launch._report(report_w, {"pid": main})
+                os.close(report_w)
+                report_open = False
+            elif messages.ends:
+                main_gone = True    # a tracee ended and proot has no child: the command came and went
+        if main_gone and proot_status is None:
+            for pid in tracees(proot_pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if proot_status is not None and (filt_r is None or time.monotonic() > drain_until):
+            break
+        if proot_status is not None:
+            timeout = max(0.0, drain_until - time.monotonic()) * 1000
+        elif main is None and not main_gone:
+            timeout = 1       # the command is about to appear: look again soon
+        elif main_gone:
+            timeout = 20      # killing what is left: look again until proot is done
+        else:
+            timeout = -1
+        for fd, _ in poller.poll(timeout):
+            if fd == filt_r:
+                data = os.read(fd, 65536)
+                if data:
+                    _launch.write_all(2, messages.feed(data))
+                else:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    filt_r = None
+            elif fd == main_fd:
+                poller.unregister(fd)
+                os.close(fd)
+                main_fd = None
+                main_gone = True
+            elif fd == proot_fd:
+                poller.unregister(fd)
+                os.close(fd)
+                proot_status = _reap(proot_pid)
+                drain_until = time.monotonic() + DRAIN_S
+                if main_fd is not None:   # proot died under a live command, which now runs untraced
+                    signal.pidfd_send_signal(main_fd, signal.SIGKILL)
+    if filt_r is not None:
+        os.close(filt_r)
+    _launch.write_all(2, messages.flush())
+    assert proot_status is not None
+    if not verbose:
+        return _launch.exit_code(proot_status)    # -t: proot was quiet, its status is all there is
+    command = main if main is not None else messages.first_tracee(proot_pid, _pid_max())
+    if command is None:
+        # Nothing was traced to its end: proot itself failed (ptrace refused, a bad option).
+        said = "; ".join(messages.errors) or f"exit status {_launch.exit_code(proot_status)}"
+        if report_open:
+            _launch._report(report_w, {"error": f"proot could not start the command: {said}", "code": 125})
+        return 125
+    if messages.errors:
+        _launch.write_all(2, "".join(f"proot error: {e}\n" for e in messages.errors).encode())
+    return messages.ends.get(command, _launch.exit_code(proot_status))
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 0
