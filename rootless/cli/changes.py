@@ -25,7 +25,7 @@ def _container(app: App, name: str) -> Container:
 @click.argument("name", metavar="CONTAINER")
 @pass_app
 def diff(app: App, name: str) -> None:
-    """Show what a container changed in its file system: A added, C changed, D deleted."""
+    """Show what a container changed in its file system (A added, C changed, D deleted)."""
     from ..runtime.commit import diff as changes
 
     for line in changes(_container(app, name), app.store):
@@ -81,8 +81,9 @@ def export(app: App, name: str, output: str | None) -> None:
 @click.argument("destination", metavar="DEST")
 @pass_app
 def cp(app: App, source: str, destination: str, archive: bool, follow: bool, quiet: bool) -> None:
-    """Copy files between a container and the host: CONTAINER:SRC DEST|-, or SRC|- CONTAINER:DEST.
+    """Copy files between a container and the host.
 
+    CONTAINER:SRC DEST|- or SRC|- CONTAINER:DEST; - is a tar stream on stdout or stdin.
     A directory is copied whole; with SRC ending in /. only what it holds."""
     from ..runtime import copy
 
