@@ -132,6 +132,7 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
         "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0,
                   "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
         "Layers": list(record.layers),
+        "IdMap": {"Subids": _use_subids(app)},
     })
     host = hostname or container.id[:12]
     process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
@@ -163,7 +164,8 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
             _remove_container(app, container)
 
     job = launch.Launch(rootfs=str(container.rootfs), lowers=list(saved["Lowers"]), upper=str(container.upper),
-                        work=str(container.work), process=process, ids=idmap.detect(), hostname=saved["Hostname"],
+                        work=str(container.work), process=process, ids=idmap.for_record(container.record),
+                        hostname=saved["Hostname"],
                         etc_files=_etc_files(container, saved["Hostname"], saved["Network"]),
                         network=saved["Network"], fuse_log=str(container.dir / "fusefs.log"),
                         log_path=str(container.dir / "container.log"), interactive=interactive and not detach,
@@ -250,6 +252,14 @@ def _is_running(c: Container) -> bool:
     from ..runtime.containers import is_running
 
     return is_running(c)
+
+
+def _use_subids(app: App) -> bool:
+    """The config file's "subordinate-ids": false gives containers the user's own ids only."""
+    value = app.config.extra.get("subordinate-ids", True)
+    if not isinstance(value, bool):
+        raise RootlessError('config file: "subordinate-ids" must be true or false')
+    return value
 
 
 INIT_BINARIES = ("/usr/bin/tini-static", "/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
@@ -533,7 +543,7 @@ def exec_cmd(app: App, name: str, args: tuple[str, ...], env: tuple[str, ...], e
     process = spec.ProcessSpec(tuple(args), merged, cwd, user if user is not None else saved["User"])
     sys.stdout.flush()
     try:
-        code = launch.exec_in(int(c.record["State"]["Pid"]), process, idmap.detect(), interactive=interactive,
+        code = launch.exec_in(int(c.record["State"]["Pid"]), process, idmap.for_record(c.record), interactive=interactive,
                               tty=tty)
     except launch.StartError as e:
         click.echo(f"Error: {e.message}", err=True)

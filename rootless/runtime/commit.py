@@ -136,7 +136,7 @@ def run_on_layers(container: Container, store: Store, work: Callable[[ContainerF
     """Call WORK with the container's tree, in a child process standing where fusefs stands."""
     import fusefs.overlay  # noqa: F401  (loaded before the fork, not once per child)
 
-    from .idmap import detect
+    from .idmap import for_record
 
     paths = LayerPaths.of(container, store)
 
@@ -145,7 +145,7 @@ def run_on_layers(container: Container, store: Store, work: Callable[[ContainerF
             work(fs)
 
     running = is_running(container)
-    enter.call(child, ids=None if running else detect(),
+    enter.call(child, ids=None if running else for_record(container.record),
                join_pid=int(container.record["State"]["Pid"]) if running else None,
                parent=parent, child_closes=child_closes, parent_closes=parent_closes)
 

@@ -119,7 +119,7 @@ def _on_container(container: Container, store: Store, *, write: bool,
                    child_closes=child_closes, parent_closes=parent_closes)
         return
 
-    from .idmap import detect
+    from .idmap import for_record
 
     paths = LayerPaths.of(container, store)
 
@@ -134,7 +134,8 @@ def _on_container(container: Container, store: Store, *, write: bool,
             with ContainerFS(paths) as fs:
                 work(fs, None)
 
-    enter.call(on_layers, ids=detect(), parent=parent, child_closes=child_closes, parent_closes=parent_closes)
+    enter.call(on_layers, ids=for_record(container.record), parent=parent, child_closes=child_closes,
+               parent_closes=parent_closes)
 
 
 def _not_found(path: str, container: str) -> CopyError:

@@ -53,7 +53,8 @@ def subordinate_range(path: str, user: str, uid: int) -> Range | None:
     return None
 
 
-def detect() -> IdMap:
+def detect(use_subids: bool = True) -> IdMap:
+    """The ids this user can give a container; only the user's own without USE_SUBIDS."""
     uid, gid = os.getuid(), os.getgid()
     try:
         user = pwd.getpwuid(uid).pw_name
@@ -61,9 +62,15 @@ def detect() -> IdMap:
         user = str(uid)
     subuids = subordinate_range("/etc/subuid", user, uid)
     subgids = subordinate_range("/etc/subgid", user, uid)
-    if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+    if not use_subids or not (shutil.which("newuidmap") and shutil.which("newgidmap")):
         subuids = subgids = None
     return IdMap(uid, gid, subuids, subgids)
+
+
+def for_record(record: dict[str, object]) -> IdMap:
+    """The ids of a container, as chosen when it was made (its files' owners depend on them)."""
+    settings = record.get("IdMap")
+    return detect(not isinstance(settings, dict) or settings.get("Subids") is not False)
 
 
 def write_maps(pid: int, ids: IdMap) -> None:

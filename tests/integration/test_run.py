@@ -258,3 +258,30 @@ def test_init_reaps_zombies_and_passes_the_exit_code(cli: Cli, images: dict[str,
     out, _ = run(cli, "--init", images["busybox"], "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 6", code=6)
     assert out.startswith("/dev/init -- sh -c")
     run(cli, "--init", images["busybox"], "nothere", code=127)
+
+
+def test_without_subordinate_ids_the_container_has_one_uid(images: dict[str, str], tmp_path: Path) -> None:
+    """What a user without an /etc/subuid range gets (here chosen in the config file)."""
+    single = Cli(tmp_path)
+    conf = single.home / ".config" / "rootless"
+    conf.mkdir(parents=True)
+    (conf / "config.json").write_text(json.dumps({"subordinate-ids": False}))
+    single("pull", "-q", images["busybox"])
+    done = single.proc("run", "--name", "one-uid", images["busybox"], "sh", "-c",
+                       "cat /proc/self/uid_map; id -u; echo x > /mine; chown 1000 /mine 2>&1 | grep -c Invalid")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines[0].split() == ["0", str(os.getuid()), "1"]
+    assert lines[1:3] == ["0", "1"]            # root inside; uid 1000 does not exist here
+    refused = single.proc("run", "--rm", "-u", "1000", images["busybox"], "true")
+    assert refused.returncode == 125 and "is not mapped in the container" in refused.stderr
+    # Its ids are the container's for good: start keeps them whatever the config says later.
+    (conf / "config.json").write_text("{}")
+    again = single.proc("start", "-a", "one-uid")
+    assert again.stdout.split("\n")[0].split() == ["0", str(os.getuid()), "1"]
+    bad = Cli(tmp_path / "bad")
+    (bad.home / ".config" / "rootless").mkdir(parents=True)
+    (bad.home / ".config" / "rootless" / "config.json").write_text('{"subordinate-ids": "no"}')
+    bad("pull", "-q", images["busybox"])
+    wrong = bad.proc("run", "--rm", images["busybox"], "true")
+    assert wrong.returncode == 125 and '"subordinate-ids" must be true or false' in wrong.stderr
