@@ -371,6 +371,10 @@ class Overlay:
         src_layer = self.layers[node.layer]
         st, owner = src_layer.lstat(rel)
         dst = upper.path(rel)
+        # A copy-up is no change to the parent: its times are put back afterwards, as
+        # kernel overlayfs does (else diff and commit would see every parent as modified).
+        parent_dir = os.path.dirname(dst)
+        parent_st = os.lstat(parent_dir)
         staged = self._stage()
         try:
             copy_object(src_layer, rel, staged, st, with_data=with_data)
@@ -383,6 +387,7 @@ class Overlay:
             raise
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
             self._record(dst, rel, want)  # a side-table entry, keyed by the final name
+        os.utime(parent_dir, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns), follow_symlinks=False)
         new_st = os.lstat(dst)
         node.layer = 0
         node.cached = None

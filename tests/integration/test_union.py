@@ -86,6 +86,20 @@ def test_copy_up_on_write_keeps_mode_times_xattrs_and_holes(make_union):
     assert (u.lowers[0] / "f").read_bytes()[:4] == b"head", "the lower layer is never written"
 
 
+def test_copy_up_leaves_the_parents_times_alone(make_union):
+    """As kernel overlayfs: copying a file up is no change to its directory (diff and commit rely on it)."""
+    u = make_union({"l": {"dir/f": "x", "dir/sub/g": "y"}})
+    for d in ("dir", "dir/sub"):
+        os.utime(u.lowers[0] / d, ns=(10**18, 10**18))
+    u.remount()
+    with open(u.path("dir/sub/g"), "a") as f:
+        f.write("more")
+    os.chmod(u.path("dir/f"), 0o600)
+    for d in ("dir", "dir/sub"):
+        assert os.stat(u.upper / d).st_mtime_ns == 10**18, d
+        assert os.stat(u.path(d)).st_mtime_ns == 10**18, d
+
+
 @pytest.mark.parametrize("change", ["chmod", "truncate", "utime", "setxattr", "link"])
 def test_metadata_changes_copy_up(make_union, change):
     u = make_union({"l": {"f": "data"}})
