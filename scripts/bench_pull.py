@@ -61,8 +61,17 @@ IMAGES = {"debian": "debian:bookworm", "smallfiles": "smallfiles:latest"}
 RUNROOT_MAX = 50
 
 
+def _prog() -> str:
+    """The running benchmark's name for its messages: bench-run imports its setup from here."""
+    name = Path(sys.argv[0]).stem.replace("_", "-") if sys.argv else ""
+    return name if name.startswith("bench-") else "bench-pull"
+
+
+PROG = _prog()
+
+
 def log(msg: str) -> None:
-    print(f"bench-pull: {msg}", file=sys.stderr, flush=True)
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
 def load_registry_helper() -> ModuleType:
@@ -200,9 +209,7 @@ class Contender:
         if self.name == "rootless":
             return [rootless_bin(), "--root", str(t.store), "pull", ref]
         if self.name == "podman":
-            return ["podman", "--root", str(t.store), "--runroot", str(t.runroot), "--storage-driver", "overlay",
-                    "--storage-opt", "overlay.mount_program=/usr/bin/fuse-overlayfs", "--cgroup-manager", "cgroupfs",
-                    "--events-backend", "file", "pull", "--quiet", "--tls-verify=false", ref]
+            return [*podman_command(t.store, t.runroot), "pull", "--quiet", "--tls-verify=false", ref]
         if self.name == "skopeo":
             return ["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}",
                     f"oci:{t.store}/layout:{image.split(':', 1)[1]}"]
@@ -216,6 +223,13 @@ _ROOTLESS = [str(REPO / ".venv" / "bin" / "rootless")]
 
 def rootless_bin() -> str:
     return _ROOTLESS[0]
+
+
+def podman_command(store: Path, runroot: Path) -> list[str]:
+    """Rootless podman on STORE: the overlay driver with fuse-overlayfs as mount_program, no systemd."""
+    return ["podman", "--root", str(store), "--runroot", str(runroot), "--storage-driver", "overlay",
+            "--storage-opt", "overlay.mount_program=/usr/bin/fuse-overlayfs", "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file"]
 
 
 def find_problems(contenders: list[Contender], runner: Runner, scratch: Path) -> None:
@@ -250,9 +264,7 @@ def find_problems(contenders: list[Contender], runner: Runner, scratch: Path) ->
 
 def podman_warmup(c: Contender, runner: Runner, t: Try) -> None:
     """Start podman's pause process, which a user's first podman command pays for once, not per pull."""
-    out = runner.run(["podman", "--root", str(t.store), "--runroot", str(t.runroot), "--storage-driver", "overlay",
-                      "--storage-opt", "overlay.mount_program=/usr/bin/fuse-overlayfs", "--cgroup-manager",
-                      "cgroupfs", "--events-backend", "file", "images"], c.env(t, runner.user), 120)
+    out = runner.run([*podman_command(t.store, t.runroot), "images"], c.env(t, runner.user), 120)
     if out.rc:
         c.problem = f"podman does not start: {out.output.strip()[-300:]}"
 
@@ -261,6 +273,30 @@ def kill_pause_processes(runtime_dir: Path) -> None:
     for pidfile in glob.glob(str(runtime_dir / "**" / "pause.pid"), recursive=True):
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(Path(pidfile).read_text().strip()), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- the images
+
+def build_layouts(names: list[str], cache_dir: Path | None) -> list[base_images.Layout]:
+    """The base images NAMES as OCI layouts, built or found in base-images' cache (default: its own)."""
+    layouts = []
+    for name in names:
+        t0 = time.monotonic()
+        layout = base_images.build(name, cache_dir or base_images.default_cache_dir(), log=log)
+        how = "cached" if layout.cached else f"built in {time.monotonic() - t0:.0f} s"
+        log(f"{layout.ref}: {layout.manifest_digest[:19]} ({how})")
+        layouts.append(layout)
+    return layouts
+
+
+@contextlib.contextmanager
+def serving(helper: ModuleType, registry_dir: Path, layouts: list[base_images.Layout]) -> Iterator[str]:
+    """docker-registry on 127.0.0.1 with its storage in REGISTRY_DIR, holding LAYOUTS; yields its host:port."""
+    with helper.running_registry(registry_dir) as reg:
+        for layout in layouts:
+            base_images.push(layout, reg.host)
+        log(f"docker-registry at {reg.host} (storage on {registry_dir}); pushed {', '.join(lay.ref for lay in layouts)}")
+        yield reg.host
 
 
 # --------------------------------------------------------------------------- the HTTPS twin
@@ -473,7 +509,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def bench_filesystem(a: argparse.Namespace, top: Path, user: User) -> Iterator[Path]:
     """The directory everything lives in: on a fresh journaled ext4 loop image when root and no --dir."""
     if a.dir:
-        work = Path(a.dir).resolve() / "bench-pull-work"
+        work = Path(a.dir).resolve() / f"{PROG}-work"
         if work.exists():
             rmtree(work)
         user.mkdir(work)
@@ -522,9 +558,9 @@ def resolve_user(a: argparse.Namespace) -> User:
     try:
         pw = pwd.getpwnam(a.user)
     except KeyError:
-        raise SystemExit(f"bench-pull: user {a.user!r} does not exist; pass --user NAME (an unprivileged account)")
+        raise SystemExit(f"{PROG}: user {a.user!r} does not exist; pass --user NAME (an unprivileged account)")
     if pw.pw_uid == 0:
-        raise SystemExit("bench-pull: --user must be an unprivileged account")
+        raise SystemExit(f"{PROG}: --user must be an unprivileged account")
     return User(pw.pw_name, pw.pw_uid, pw.pw_gid)
 
 
@@ -558,26 +594,15 @@ def bench(a: argparse.Namespace) -> int:
                 if c.problem:
                     log(f"{c.name}: {c.problem}; its rows say n/a")
 
-            cache_dir = Path(a.cache_dir) if a.cache_dir else base_images.default_cache_dir()
-            layouts = []
-            for name in a.images:
-                t0 = time.monotonic()
-                layout = base_images.build(name, cache_dir, log=log)
-                how = "cached" if layout.cached else f"built in {time.monotonic() - t0:.0f} s"
-                log(f"{layout.ref}: {layout.manifest_digest[:19]} ({how})")
-                layouts.append(layout)
-
+            layouts = build_layouts(a.images, Path(a.cache_dir) if a.cache_dir else None)
             registry_dir = work / "registry"
-            reg = stack.enter_context(helper.running_registry(registry_dir))
-            for layout in layouts:
-                base_images.push(layout, reg.host)
-            log(f"docker-registry at {reg.host} (storage on {registry_dir}); pushed {', '.join(lay.ref for lay in layouts)}")
+            host = stack.enter_context(serving(helper, registry_dir, layouts))
             twin = None
             if any(c.name == "ch-image" and not c.problem for c in contenders):
                 twin = stack.enter_context(tls_twin(helper, registry_dir, top))
                 log(f"HTTPS twin for ch-image at {twin}")
             for c in contenders:
-                c.registry = twin if c.name == "ch-image" and twin else reg.host
+                c.registry = twin if c.name == "ch-image" and twin else host
 
             b = Bench(a, work, runroot_base, runner)
             t0 = time.monotonic()
