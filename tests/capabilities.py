@@ -65,11 +65,22 @@ def probe_proot() -> str | None:
     return None
 
 
+def probe_net() -> str | None:
+    """Return why no private container network (pasta or slirp4netns, and /dev/net/tun) is usable, or None."""
+    from rootless.runtime.network import available_backends
+
+    backends = available_backends()
+    if any(b.usable for b in backends):
+        return None
+    return "; ".join(f"{b.name}: {b.detail} ({b.hint})" if b.hint else f"{b.name}: {b.detail}" for b in backends)
+
+
 # Marker name -> probe. The markers themselves are declared in setup.cfg.
 PROBES: Mapping[str, Callable[[], str | None]] = {
     "fuse": probe_fuse,
     "userns": probe_userns,
     "registry": probe_registry,
+    "net": probe_net,
     "proot": probe_proot,
 }
 

@@ -43,22 +43,13 @@ def _image_for_run(app: App, name: str, pull: str, platform: str | None) -> Imag
     return do_pull(app, name, platform=platform, out=sys.stderr)
 
 
-def _etc_files(container: Container, hostname: str, network: str) -> dict[str, str]:
-    hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    if network == "host":
-        try:
-            with open("/etc/hosts") as f:
-                hosts = [line.rstrip("\n") for line in f]
-        except OSError:
-            pass
-    hosts.append(f"127.0.1.1\t{hostname}")
-    files = {"/etc/hosts": "\n".join(hosts) + "\n", "/etc/hostname": hostname + "\n"}
-    if network != "none":
-        try:
-            with open("/etc/resolv.conf") as f:
-                files["/etc/resolv.conf"] = f.read()
-        except OSError:
-            files["/etc/resolv.conf"] = ""
+def _etc_files(container: Container, hostname: str, network: str, backend: str | None = None) -> dict[str, str]:
+    from ..runtime import network as net
+
+    files = {"/etc/hosts": net.hosts_text(network, hostname), "/etc/hostname": hostname + "\n"}
+    resolv = net.resolv_text(network, backend)
+    if resolv is not None:
+        files["/etc/resolv.conf"] = resolv
     out = {}
     for target, text in files.items():
         path = container.dir / os.path.basename(target)
@@ -76,8 +67,11 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 @click.option("--name", help="Name the container.")
 @click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
 @click.option("-h", "--hostname", help="The container's host name (default: its short id).")
-@click.option("--network", "--net", "network", type=click.Choice(["host", "none"]), default="host",
-              show_default=True, help="host: the host's network; none: only a loopback device.")
+@click.option("--network", "--net", "network",
+              help="private (the default: a network of its own through pasta, else slirp4netns), host (the host's) "
+              "or none (only loopback); the config file's \"network\" changes the default.")
+@click.option("-p", "--publish", multiple=True, help="Publish a container port on the host: [IP:][HOST:]CTR[/tcp|udp].")
+@click.option("-P", "--publish-all", is_flag=True, help="Publish every port the image exposes on a free host port.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it is passed through as it is).")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
@@ -95,11 +89,13 @@ def _etc_files(container: Container, hostname: str, network: str) -> dict[str, s
 @pass_app
 def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_file: tuple[str, ...],
         workdir: str | None, user: str | None, entrypoint: str | None, name: str | None, remove: bool,
-        hostname: str | None, network: str, interactive: bool, detach: bool, tty: bool,
+        hostname: str | None, network: str | None, publish: tuple[str, ...], publish_all: bool,
+        interactive: bool, detach: bool, tty: bool,
         volume: tuple[str, ...], tmpfs: tuple[str, ...], read_only: bool, use_init: bool, pull: str,
         platform: str | None) -> None:
     """Run a command in a new container."""
     from ..image.inspect import read_config
+    from ..runtime import network as net
     from ..runtime import spec
     from ..runtime import volumes as vol
 
@@ -107,6 +103,10 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     config = read_config(app.store, record)
     image_config: dict[str, Any] = config.get("config") or {}
     env_items = [item for path in env_file for item in spec.parse_env_file(path)] + list(env)
+    network, ports, warning = net.run_options(network, app.config.extra.get("network"), publish, publish_all,
+                                              image_config)
+    if warning:
+        click.echo(warning, err=True)
     volumes = vol.Volumes(app.config)
     mounts = [vol.parse_volume(v, volumes) for v in volume] + [vol.parse_tmpfs(t) for t in tmpfs]
     targets = [os.path.normpath(m.target) for m in mounts]
@@ -125,7 +125,8 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
         "Config": {"Image": image, "Entrypoint": [entrypoint] if entrypoint else image_config.get("Entrypoint"),
                    "Cmd": list(args) or image_config.get("Cmd"), "WorkingDir": process.cwd, "User": process.user,
                    "Labels": image_config.get("Labels")},
-        "HostConfig": {"NetworkMode": network, "AutoRemove": remove, "ReadonlyRootfs": read_only,
+        "HostConfig": {"NetworkMode": network, "PortBindings": net.port_bindings(ports) or None,
+                       "PublishAllPorts": publish_all, "AutoRemove": remove, "ReadonlyRootfs": read_only,
                        "Binds": list(volume) or None, "Tmpfs": {t.partition(":")[0]: t.partition(":")[2]
                                                                  for t in tmpfs} or None},
         "Mounts": [m.record() for m in mounts],
@@ -140,7 +141,8 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     container.record["Config"].update(Hostname=host, Env=list(process.env), Tty=tty, OpenStdin=interactive)
     container.record["Launch"] = {"Process": {"Args": list(process.args), "Env": list(process.env),
                                               "Cwd": process.cwd, "User": process.user},
-                                  "Hostname": host, "Network": network, "Lowers": lowers,
+                                  "Hostname": host, "Network": network, "Ports": [p.as_json() for p in ports],
+                                  "Lowers": lowers,
                                   "Interactive": interactive, "Tty": tty, "ReadOnly": read_only,
                                   "Mounts": [dataclasses.asdict(m) for m in mounts], "Init": use_init}
     container.save()
@@ -149,11 +151,24 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
 
 def _start(app: App, container: Container, *, detach: bool, interactive: bool, remove: bool) -> int:
     """Start CONTAINER from its record; attached, wait and return its exit code."""
-    from ..runtime import idmap, launch, spec
+    from ..runtime import idmap, launch, network, spec
     from ..runtime.containers import mark_exited, mark_running
     from ..runtime.volumes import Mount
 
     saved = container.record["Launch"]
+    mode = saved["Network"]
+    etc = _etc_files(container, saved["Hostname"], mode)
+    try:
+        plan = network.plan(mode, [network.Port.from_json(p) for p in saved.get("Ports", [])],
+                            state_dir=str(container.dir), hosts_file=etc["/etc/hosts"], hostname=saved["Hostname"],
+                            host_loopback=app.config.extra.get("network-host-loopback", True) is not False,
+                            endpoint=f"{container.name} ({container.id})")
+    except RootlessError:
+        if remove:
+            _remove_container(app, container)
+        raise
+    if plan is not None:
+        etc = _etc_files(container, saved["Hostname"], mode, plan.backend)
     p = saved["Process"]
     process = spec.ProcessSpec(tuple(p["Args"]), tuple(p["Env"]), p["Cwd"], p["User"])
     mounts = [Mount(**m) for m in saved.get("Mounts", [])]
@@ -166,8 +181,8 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
     job = launch.Launch(rootfs=str(container.rootfs), lowers=list(saved["Lowers"]), upper=str(container.upper),
                         work=str(container.work), process=process, ids=idmap.for_record(container.record),
                         hostname=saved["Hostname"],
-                        etc_files=_etc_files(container, saved["Hostname"], saved["Network"]),
-                        network=saved["Network"], fuse_log=str(container.dir / "fusefs.log"),
+                        etc_files=etc, network=mode if plan is None else network.PRIVATE, net=plan,
+                        fuse_log=str(container.dir / "fusefs.log"),
                         log_path=str(container.dir / "container.log"), interactive=interactive and not detach,
                         detach=detach, on_exit=on_exit, mounts=mounts, readonly=bool(saved.get("ReadOnly")),
                         init_binary=_init_binary() if saved.get("Init") else None)
@@ -195,6 +210,7 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
             _remove_container(app, container)
         return started.error.code
     if started.init_pid:
+        container.record["NetworkSettings"] = network.settings(str(container.dir)) if plan else {}
         mark_running(container, started.init_pid, started.helper_pid)
     if detach:
         click.echo(container.id)
@@ -215,6 +231,7 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
 def ps(app: App, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> None:
     """List containers."""
     from ..runtime.containers import status_of
+    from ..runtime.network import ports_column
 
     rows = []
     for c in _containers(app).all():
@@ -232,7 +249,8 @@ def ps(app: App, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> No
             status = "Created"
         rows.append({"ID": c.id if no_trunc else c.id[:12], "Image": c.record.get("Config", {}).get("Image", ""),
                      "Command": shown, "CreatedAt": c.record.get("Created", ""),
-                     "RunningFor": ago(c.record.get("Created", "")), "Status": status, "Ports": "",
+                     "RunningFor": ago(c.record.get("Created", "")), "Status": status,
+                     "Ports": ports_column((c.record.get("NetworkSettings") or {}).get("Ports")) if running else "",
                      "Names": c.name, "State": status_of(c)})
     if quiet:
         for r in rows:
@@ -275,8 +293,10 @@ def _init_binary() -> str:
 
 def _remove_container(app: App, container: Container, volumes: bool = True) -> None:
     """Remove CONTAINER and, as docker's --rm and rm -v do, the anonymous volumes it made."""
+    from ..runtime.network import teardown_dir
     from ..runtime.volumes import Volumes
 
+    teardown_dir(str(container.dir))   # a network daemon that a killed helper left behind
     _containers(app).remove(container)
     if volumes:
         store = Volumes(app.config)

@@ -35,8 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import linux
+from . import linux, network
 from .idmap import IdMap, write_maps
+from .network import Attachment as NetworkLink
+from .network import Plan as NetworkPlan
 from .spec import ProcessSpec, UserNotFound, resolve_user
 from .volumes import Mount, resolve_in_root, seed
 
@@ -71,7 +73,11 @@ class Launch:
     ids: IdMap
     hostname: str
     etc_files: dict[str, str] = field(default_factory=dict)   # /etc/hosts -> the generated file
-    network: str = "host"         # host | none
+    network: str = "host"         # host | none | private
+    #: --network private: the daemon (pasta, slirp4netns) the parent attaches to init's net
+    #: namespace before init goes on, and the helper stops at the end (network.py)
+    net: NetworkPlan | None = None
+    net_link: NetworkLink | None = field(default=None, repr=False)   # its pipes, made by start()
     fuse_log: str | None = None
     log_path: str | None = None   # docker's json-file log of the container's stdout and stderr
     interactive: bool = False     # -i: the container reads the caller's stdin (else /dev/null)
@@ -109,11 +115,14 @@ def start(launch: Launch) -> Started:
     report_r, report_w = os.pipe()      # helper/init -> parent: {"pid"} then {"error"} or EOF at exec
     sync_r, sync_w = os.pipe()          # helper -> parent: "user namespace made"
     go_r, go_w = os.pipe()              # parent -> helper: "ids mapped"
+    attachment = launch.net_link = network.Attachment(launch.net) if launch.net else None
     pid = os.fork()
     if pid == 0:
         os.close(report_r)
         os.close(sync_r)
         os.close(go_w)
+        if attachment:
+            attachment.forked()
         code = 125
         closed_report = [False]
         try:
@@ -128,6 +137,8 @@ def start(launch: Launch) -> Started:
     os.close(report_w)
     os.close(sync_w)
     os.close(go_r)
+    if attachment:
+        attachment.parent_side()
     error: StartError | None = None
     try:
         if os.read(sync_r, 1) == b"u":
@@ -150,6 +161,10 @@ def start(launch: Launch) -> Started:
                 init_pid = int(msg["pid"])
             elif "error" in msg and error is None:
                 error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+            if attachment and error is None and (problem := attachment.on_report(msg, init_pid)):
+                error = StartError(problem)
+    if attachment:
+        attachment.close()
     return Started(pid, init_pid, error)
 
 
@@ -292,6 +307,7 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
         os.close(null)
     receiver = launch.tty_receiver if launch.detach else None
     code = _serve_until_exit(fs, pid, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs, receiver)
+    network.teardown(launch.net_link)   # neither daemon stops by itself when the namespace goes
     if launch.on_exit is not None:
         try:
             launch.on_exit(code)
@@ -439,9 +455,15 @@ def _init(launch: Launch, report_w: int) -> None:
     os.set_inheritable(report_w, False)   # closes at the exec: the parent then knows it happened
     linux.set_parent_death_signal(signal.SIGKILL)
     flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
-    if launch.network == "none":
+    if launch.network != "host":
         flags |= linux.CLONE_NEWNET
     linux.unshare(flags)
+    if launch.network != "host":
+        network.loopback_up()
+    if launch.net_link is not None:    # the parent attaches the network daemon to this namespace meanwhile
+        _report(report_w, {"netns": True})
+        if not launch.net_link.wait_attached():
+            raise StartError("the container's network could not be set up")
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     root = launch.rootfs
     _mount_proc(root)
