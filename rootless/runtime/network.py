@@ -327,6 +327,10 @@ def plan(mode: str, ports: Sequence[Port], *, state_dir: str, hosts_file: str | 
         return None
     backend = choose_backend(mode, backends)
     assert backend.path is not None
+    v6 = next((p for p in ports if ":" in p.host_ip), None)
+    if backend.name == SLIRP4NETNS and v6 is not None:
+        raise NetworkError(f"slirp4netns cannot publish on an IPv6 address ({v6.host_ip})",
+                           "publish on an IPv4 address, or use --network pasta")
     teardown_dir(state_dir)
     return Plan(backend.name, backend.path, tuple(allocate(ports, endpoint)), state_dir, hosts_file, hostname,
                 host_loopback, endpoint)

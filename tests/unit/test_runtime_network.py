@@ -196,3 +196,9 @@ def test_ports_are_checked_free_and_chosen(tmp_path: Path) -> None:
                                f"starting userland proxy: listen tcp4 127.0.0.1:{port}: bind: address already in use")
     chosen = network.allocate([Port(80), Port(81), Port(53, 0, "udp")])
     assert all(p.host > 0 for p in chosen) and len({p.host for p in chosen[:2]}) == 2
+
+
+def test_slirp4netns_refuses_ipv6_host_addresses(tmp_path: Path) -> None:
+    slirp = [Backend("slirp4netns", "/usr/bin/slirp4netns", True, "/usr/bin/slirp4netns")]
+    with pytest.raises(NetworkError, match=r"slirp4netns cannot publish on an IPv6 address \(::1\)"):
+        network.plan("private", [Port(80, 8080, "tcp", "::1")], state_dir=str(tmp_path), backends=slirp)
