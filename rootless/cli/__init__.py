@@ -7,7 +7,7 @@ place that turns it into ``Error: ...`` on stderr and docker's exit code 125.
 
 from __future__ import annotations
 
-from . import archive, changes, containers, images, info  # noqa: F401  (registers the commands)
+from . import archive, build, changes, containers, images, info  # noqa: F401  (registers the commands)
 from ._app import main
 
 __all__ = ["main"]

@@ -1,0 +1,1 @@
+"""``rootless build``: Dockerfiles parsed (``parser``), their steps run and cached (``builder``, ``cache``)."""

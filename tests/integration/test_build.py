@@ -1,0 +1,237 @@
+"""`rootless build` as a user sees it: docker's classic output, the image it makes, COPY's rules, the cache."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry import Registry, running_registry
+from runcli import Cli
+from testimages import busybox_rootfs, make_image, push
+
+pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry]
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def busybox(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A busybox image with users: root, and app (1000) in group app (1000)."""
+    rootfs = busybox_rootfs()
+    rootfs["etc/passwd"] = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
+    rootfs["etc/group"] = b"root:x:0:\napp:x:1000:\nstaff:x:50:\n"
+    image = make_image([rootfs], {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]})
+    push(reg.host, "busybox:latest", image, tmp_path_factory.mktemp("busybox"))
+    return f"{reg.host}/busybox"
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Cli:
+    c = Cli(tmp_path_factory.mktemp("build"))
+    c("pull", "-q", busybox)
+    return c
+
+
+def build(cli: Cli, context: Path, *args: str, code: int = 0, dockerfile: str | None = None) -> str:
+    if dockerfile is not None:
+        (context / "Dockerfile").write_text(dockerfile)
+    done = cli.proc("build", *args, str(context), timeout=300)
+    assert done.returncode == code, (args, done.stdout, done.stderr)
+    return done.stdout + done.stderr
+
+
+def run(cli: Cli, *args: str, code: int = 0) -> str:
+    done = cli.proc("run", "--rm", *args)
+    assert done.returncode == code, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def inspect(cli: Cli, name: str) -> dict:
+    return json.loads(cli("image", "inspect", name).output)[0]
+
+
+def test_mycentos_metadata_and_history(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    out = build(cli, tmp_path, "-t", "mycentos:0.1", dockerfile=f"""\
+FROM {busybox}
+MAINTAINER kuangshen<24736743@qq.com>
+
+ENV MYPATH /usr/local
+WORKDIR $MYPATH
+
+RUN mkdir -p made-here && echo built > made-here/file
+
+EXPOSE 80
+
+CMD echo $MYPATH
+CMD echo "---end---"
+CMD /bin/sh
+""")
+    assert "Step 1/9 : FROM " + busybox in out
+    assert "Step 5/9 : RUN mkdir -p made-here && echo built > made-here/file" in out
+    assert re.search(r" ---> Running in [0-9a-f]{12}\n", out)
+    assert re.search(r"Removing intermediate container [0-9a-f]{12}\n", out)
+    built = re.search(r"Successfully built ([0-9a-f]{12})\n", out)
+    assert built and "Successfully tagged mycentos:0.1" in out
+    doc = inspect(cli, "mycentos:0.1")
+    assert doc["Id"].startswith("sha256:" + built.group(1))
+    assert doc["Author"] == "kuangshen<24736743@qq.com>"
+    cfg = doc["Config"]
+    assert "MYPATH=/usr/local" in cfg["Env"]
+    assert cfg["WorkingDir"] == "/usr/local"
+    assert cfg["ExposedPorts"] == {"80/tcp": {}}
+    assert cfg["Cmd"] == ["/bin/sh", "-c", "/bin/sh"]
+    history = cli("history", "--no-trunc", "--format", "{{.CreatedBy}}", "mycentos:0.1").output.splitlines()
+    assert history[:8] == [
+        '/bin/sh -c #(nop)  CMD ["/bin/sh" "-c" "/bin/sh"]',
+        '/bin/sh -c #(nop)  CMD ["/bin/sh" "-c" "echo \\"---end---\\""]',
+        '/bin/sh -c #(nop)  CMD ["/bin/sh" "-c" "echo $MYPATH"]',
+        "/bin/sh -c #(nop)  EXPOSE 80",
+        "/bin/sh -c mkdir -p made-here && echo built > made-here/file",
+        "/bin/sh -c #(nop) WORKDIR /usr/local",
+        "/bin/sh -c #(nop)  ENV MYPATH=/usr/local",
+        "/bin/sh -c #(nop)  MAINTAINER kuangshen<24736743@qq.com>",
+    ]
+    assert run(cli, "mycentos:0.1", "sh", "-c", "pwd; cat made-here/file") == "/usr/local\nbuilt\n"
+
+
+def test_cmd_is_replaced_and_entrypoint_is_appended_to(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "e").mkdir()
+    build(cli, tmp_path / "c", "-t", "cmd-test", dockerfile=f'FROM {busybox}\nCMD ["ls","-a"]\n')
+    build(cli, tmp_path / "e", "-t", "entrypoint-test", dockerfile=f'FROM {busybox}\nENTRYPOINT ["ls","-a"]\n')
+    assert ".." in run(cli, "cmd-test").split()
+    done = cli.proc("run", "--rm", "cmd-test", "-l")
+    assert done.returncode == 127 and 'exec: "-l": executable file not found in $PATH' in done.stderr
+    listing = run(cli, "entrypoint-test", "-l")
+    assert re.search(r"^d.* \.\.$", listing, re.M)
+
+
+def test_copy_and_add(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    import tarfile
+
+    ctx = tmp_path / "ctx"
+    (ctx / "dir/sub").mkdir(parents=True)
+    (ctx / "dir/a.txt").write_text("a\n")
+    (ctx / "dir/sub/b.txt").write_text("b\n")
+    (ctx / "one.txt").write_text("one\n")
+    (ctx / "x1.conf").write_text("1\n")
+    (ctx / "x2.conf").write_text("2\n")
+    (ctx / "secret.key").write_text("no\n")
+    (ctx / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (ctx / ".dockerignore").write_text("*.key\n")
+    payload = tmp_path / "payload"
+    (payload / "inner").mkdir(parents=True)
+    (payload / "inner/f").write_text("from the tar\n")
+    with tarfile.open(ctx / "arch.tar.gz", "w:gz") as t:
+        t.add(payload / "inner", arcname="inner")
+    build(cli, ctx, "-t", "copytest", dockerfile=f"""\
+FROM {busybox}
+WORKDIR /work
+COPY dir /contents/
+COPY one.txt rel/
+COPY one.txt /renamed
+COPY x*.conf /confs/
+COPY --chown=app:staff one.txt /owned/one.txt
+COPY --chown=1234 dir /numeric
+COPY --chmod=0751 run.sh /bin/
+COPY . /all
+ADD arch.tar.gz /unpacked
+ADD one.txt /added.txt
+""")
+    out = run(cli, "copytest", "sh", "-c",
+              "cat /contents/a.txt /contents/sub/b.txt /work/rel/one.txt /renamed; ls /confs;"
+              "stat -c '%U:%G %u:%g %a %n' /owned/one.txt /owned /numeric/a.txt /numeric /bin/run.sh /contents/a.txt;"
+              "ls -a /all | tr '\\n' ' '; echo; cat /unpacked/inner/f /added.txt")
+    lines = out.splitlines()
+    assert lines[:4] == ["a", "b", "one", "one"]
+    assert lines[4:6] == ["x1.conf", "x2.conf"]
+    assert lines[6] == "app:staff 1000:50 644 /owned/one.txt"
+    assert lines[7] == "app:staff 1000:50 755 /owned"   # a missing parent is made with the owner, as docker does
+    assert lines[8].split()[1:] == ["1234:1234", "644", "/numeric/a.txt"]
+    assert lines[9].split()[1:] == ["1234:1234", "755", "/numeric"]
+    assert lines[10].split()[1:] == ["0:0", "751", "/bin/run.sh"]
+    assert lines[11].startswith("root:root 0:0 644")
+    assert "secret.key" not in lines[12] and "one.txt" in lines[12] and "dir" in lines[12]
+    assert lines[13:] == ["from the tar", "one"]
+
+
+def test_multi_stage_copy_from_and_target(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    text = f"""\
+ARG BASE={busybox}
+FROM $BASE AS builder
+RUN echo compiled > /artifact
+FROM {busybox}
+COPY --from=builder /artifact /app/artifact
+CMD ["cat", "/app/artifact"]
+"""
+    out = build(cli, tmp_path, "-t", "multi", dockerfile=text)
+    assert "Step 1/6 : ARG BASE=" in out
+    assert run(cli, "multi") == "compiled\n"
+    build(cli, tmp_path, "-t", "multi-builder", "--target", "builder")
+    assert run(cli, "multi-builder", "cat", "/artifact") == "compiled\n"
+    assert "/app" not in run(cli, "multi-builder", "ls", "/")
+
+
+def test_args_and_unused_build_args(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    out = build(cli, tmp_path, "-t", "argtest", "--build-arg", "GREETING=hello", "--build-arg", "NOBODY=x",
+                dockerfile=f"FROM {busybox}\nARG GREETING=hi\nARG OTHER=dflt\nRUN echo $GREETING $OTHER > /said\n")
+    assert "[Warning] One or more build-args [NOBODY] were not consumed" in out
+    assert run(cli, "argtest", "cat", "/said") == "hello dflt\n"
+    assert "GREETING" not in json.dumps(inspect(cli, "argtest")["Config"].get("Env"))
+    history = cli("history", "--no-trunc", "--format", "{{.CreatedBy}}", "argtest").output.splitlines()
+    assert history[0] == "|2 GREETING=hello OTHER=dflt /bin/sh -c echo $GREETING $OTHER > /said"
+
+
+def test_cache(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one\n")
+    (tmp_path / "b.txt").write_text("b\n")
+    text = f"""\
+FROM {busybox}
+RUN echo first > /first
+COPY a.txt /a.txt
+RUN cat /a.txt > /copy
+COPY b.txt /b.txt
+"""
+    first = build(cli, tmp_path, "-t", "cached", dockerfile=text)
+    assert "Using cache" not in first
+    again = build(cli, tmp_path, "-t", "cached")
+    assert again.count(" ---> Using cache") == 4
+    assert _built(first) == _built(again)
+    (tmp_path / "a.txt").write_text("two\n")
+    changed = build(cli, tmp_path, "-t", "cached")
+    steps = changed.split("Step ")
+    assert " ---> Using cache" in steps[2]            # RUN echo first
+    assert all(" ---> Using cache" not in s for s in steps[3:])
+    assert run(cli, "cached", "cat", "/copy") == "two\n"
+    fresh = build(cli, tmp_path, "-t", "cached", "--no-cache")
+    assert "Using cache" not in fresh and fresh.count("Running in") == 2
+
+
+def _built(out: str) -> str:
+    m = re.search(r"Successfully built ([0-9a-f]{12})", out)
+    assert m, out
+    return m.group(1)
+
+
+def test_a_failing_run_leaves_nothing(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    before, dangling = cli("images", "-q").output, cli("images").output.count("<none>")
+    out = build(cli, tmp_path, "-t", "broken", code=1, dockerfile=f"FROM {busybox}\nRUN echo going\nRUN false\n")
+    assert "The command '/bin/sh -c false' returned a non-zero code: 1" in out
+    assert cli("ps", "-a", "-q").output == ""
+    assert cli("images", "-q").output == before
+    assert cli("images").output.count("<none>") == dangling
+
+
+def test_quiet_prints_only_the_id(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM {busybox}\nRUN echo noisy\nLABEL a=b\n")
+    done = cli.proc("build", "-q", str(tmp_path))
+    assert done.returncode == 0, done
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", done.stdout)
