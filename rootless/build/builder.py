@@ -656,14 +656,16 @@ def _ignore_matcher(context: Path) -> Callable[[str], bool]:
         text = path.read_text()
     except OSError:
         return lambda rel: False
+    import importlib
+
     try:
-        from . import ignore
+        ignore = importlib.import_module(f"{__package__}.ignore")
     except ImportError:   # until ignore.py lands: plain patterns, no exceptions
         import fnmatch
 
         patterns = [posixpath.normpath(line.strip().lstrip("/")) for line in text.splitlines()
                     if line.strip() and not line.startswith("#")]
         return lambda rel: any(fnmatch.fnmatchcase(rel, p) or rel.startswith(p + "/") for p in patterns)
-    return ignore.matcher(text)  # type: ignore[attr-defined,no-any-return]
+    return ignore.matcher(text)  # type: ignore[no-any-return]
 
 

@@ -69,11 +69,13 @@ class Step:
 
 def load(text: str, name: str = "Dockerfile") -> list[Step]:
     """The instructions of the Dockerfile TEXT, in order."""
+    import importlib
+
     try:
-        from . import parser
+        parser = importlib.import_module(f"{__package__}.parser")
     except ImportError:
         return _interim(text)
-    return [_from_parser(i) for i in parser.parse(text, name=name).instructions]  # type: ignore[attr-defined]
+    return [_from_parser(i) for i in parser.parse(text, name=name).instructions]
 
 
 def _from_parser(i: object) -> Step:

@@ -42,7 +42,7 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
 def build(app: App, context: str, dockerfile: str | None, tags: tuple[str, ...], build_args: tuple[str, ...],
           target: str | None, no_cache: bool, labels: tuple[str, ...], quiet: bool) -> None:
     """Build an image from a Dockerfile and a context (a directory, or - for a tar on stdin)."""
-    from ..build.builder import Builder, Options
+    from ..build.builder import Builder, Options, RunFailed
     from ..image.local import check_tag, stage_dir
     from ..runtime.containers import Containers
     from ..runtime.idmap import detect
@@ -86,7 +86,11 @@ def build(app: App, context: str, dockerfile: str | None, tags: tuple[str, ...],
                           ids=detect(use_subids))
         if not quiet:
             click.echo("Sending build context to Docker daemon  " + _size(root))
-        record = builder.build(text, root, name)
+        try:
+            record = builder.build(text, root, name)
+        except RunFailed as e:   # docker prints the daemon's message as it is, and exits 1
+            click.echo(e.message, err=True)
+            sys.exit(e.exit_code)
     finally:
         if unpacked is not None:
             shutil.rmtree(unpacked, ignore_errors=True)

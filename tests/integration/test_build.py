@@ -235,3 +235,52 @@ def test_quiet_prints_only_the_id(cli: Cli, busybox: str, tmp_path: Path) -> Non
     done = cli.proc("build", "-q", str(tmp_path))
     assert done.returncode == 0, done
     assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", done.stdout)
+
+
+def test_onbuild_healthcheck_and_stdin(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    import io
+    import subprocess
+    import tarfile
+
+    build(cli, tmp_path, "-t", "onbuild-parent", dockerfile=f"""\
+FROM {busybox}
+ONBUILD COPY marker /marker
+HEALTHCHECK --interval=5s --retries=2 CMD ["true"]
+STOPSIGNAL SIGINT
+USER app
+""")
+    cfg = inspect(cli, "onbuild-parent")["Config"]
+    assert cfg["OnBuild"] == ["COPY marker /marker"]
+    assert cfg["Healthcheck"] == {"Test": ["CMD", "true"], "Interval": 5_000_000_000, "Retries": 2}
+    assert cfg["StopSignal"] == "SIGINT" and cfg["User"] == "app"
+    (tmp_path / "marker").write_text("triggered\n")
+    done = cli.proc("build", "-t", "onbuild-child", "-f", "-", str(tmp_path),
+                    input="FROM onbuild-parent\nRUN cat /marker; id -u\n")
+    assert done.returncode == 0, done
+    assert "# Executing 1 build trigger" in done.stdout
+    assert "triggered\n1000\n" in done.stdout   # the trigger ran first; RUN runs as the USER
+    assert run(cli, "onbuild-child", "cat", "/marker") == "triggered\n"
+    assert not inspect(cli, "onbuild-child")["Config"].get("OnBuild")
+    # The context as a tar on stdin, its Dockerfile inside.
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as t:
+        for name, text in (("Dockerfile", f"FROM {busybox}\nCOPY hello /hello\n"), ("hello", "from a tar\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            t.addfile(info, io.BytesIO(text.encode()))
+    done2 = subprocess.run(cli.argv("build", "-t", "from-stdin", "-"), input=data.getvalue(), capture_output=True,
+                           env={**__import__("os").environ, **cli.env}, timeout=120)
+    assert done2.returncode == 0, done2
+    assert run(cli, "from-stdin", "cat", "/hello") == "from a tar\n"
+
+
+def test_scratch_and_refusals(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x\n")
+    build(cli, tmp_path, "-t", "fromscratch", dockerfile="FROM scratch\nCOPY f /f\nCMD [\"/f\"]\n")
+    assert len(inspect(cli, "fromscratch")["RootFS"]["Layers"]) == 1
+    out = build(cli, tmp_path, code=125, dockerfile=f"FROM {busybox}\nADD https://example.com/x /x\n")
+    assert "downloading URLs is not supported yet" in out
+    out = build(cli, tmp_path, code=125, dockerfile=f"FROM {busybox}\nCOPY missing /x\n")
+    assert "file not found in build context" in out
+    out = build(cli, tmp_path, "--target", "nope", code=125, dockerfile=f"FROM {busybox}\n")
+    assert "failed to reach build target nope in Dockerfile" in out
