@@ -75,11 +75,33 @@ def load(text: str, name: str = "Dockerfile") -> list[Step]:
         parser = importlib.import_module(f"{__package__}.parser")
     except ImportError:
         return _interim(text)
-    return [_from_parser(i) for i in parser.parse(text, name=name).instructions]
+    parsed = parser.parse(text, name=name)
+    return [_from_parser(i) for i in getattr(parsed, "instructions", parsed)]
+
+
+def _pick(obj: object, *names: str) -> object:
+    for n in names:
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    raise BuildError(f"the Dockerfile parser's instructions have none of {', '.join(names)}",
+                     "the builder and the parser disagree: a bug in rootless")
 
 
 def _from_parser(i: object) -> Step:
-    raise NotImplementedError   # filled in when the parser's API lands
+    """One of the parser's instructions as a Step (the names its API settles on are tried in turn)."""
+    keyword = str(_pick(i, "keyword", "cmd", "instruction", "name")).upper()
+    exec_form = None
+    form = next((getattr(i, n) for n in ("exec_form", "json", "is_json", "is_exec") if hasattr(i, n)), None)
+    if isinstance(form, (list, tuple)):
+        exec_form = [str(a) for a in form]
+    elif form:
+        exec_form = [str(a) for a in _pick(i, "args", "arguments", "words")]  # type: ignore[attr-defined]
+    flags_raw = getattr(i, "flags", {}) or {}
+    flags = {str(k).lstrip("-"): str(v[-1] if isinstance(v, (list, tuple)) else v) for k, v in dict(flags_raw).items()}
+    text = str(_pick(i, "text", "rest", "value", "raw_args"))
+    original = str(getattr(i, "original", "") or f"{keyword} {text}")
+    line = int(_pick(i, "line", "lineno", "start_line"))  # type: ignore[call-overload]
+    return Step(keyword, text, line, original, exec_form, flags)
 
 
 def _interim(text: str) -> list[Step]:
@@ -102,7 +124,7 @@ def _interim(text: str) -> list[Step]:
         keyword, _, rest = whole.partition(" ")
         rest = rest.strip()
         flags: dict[str, str] = {}
-        while rest.startswith("--") and keyword.upper() != "RUN" or keyword.upper() == "RUN" and rest.startswith("--"):
+        while rest.startswith("--"):
             flag, _, rest = rest.partition(" ")
             name, _, value = flag[2:].partition("=")
             flags[name] = value
