@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,20 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def each(names: Iterable[str], action: Callable[[str], None]) -> None:
+    """docker's way with several names: each is tried, a failure printed as it comes and the
+    rest still done; the exit code is the last failure's."""
+    failed: RootlessError | None = None
+    for name in names:
+        try:
+            action(name)
+        except RootlessError as e:
+            click.echo(f"Error: {e.message}", err=True)
+            failed = e
+    if failed is not None:
+        sys.exit(failed.exit_code)
 
 
 @click.group(cls=RootlessGroup, context_settings={"help_option_names": ["-h", "--help"]})

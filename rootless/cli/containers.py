@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import ImageNotFound, RootlessError
-from ._app import App, main, pass_app
+from ._app import App, each, main, pass_app
 from ._format import Template, ago, table
 
 if TYPE_CHECKING:
@@ -316,23 +316,19 @@ def _remove_container(app: App, container: Container, volumes: bool = True) -> N
 def rm(app: App, names: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove one or more containers."""
     containers = _containers(app)
-    failed: RootlessError | None = None
-    for name in names:
-        try:
-            c = containers.get(name)
-            if _is_running(c):
-                if not force:
-                    raise RootlessError(f"You cannot remove a running container {c.id}. Stop the container "
-                                        "before attempting removal or force remove")
-                os.kill(int(c.record["State"]["Pid"]), 9)
-                _wait_exit(c, 10)
-            _remove_container(app, c, volumes)
-            click.echo(name)
-        except RootlessError as e:
-            click.echo(f"Error: {e.message}", err=True)
-            failed = e
-    if failed is not None:
-        sys.exit(failed.exit_code)
+
+    def one(name: str) -> None:
+        c = containers.get(name)
+        if _is_running(c):
+            if not force:
+                raise RootlessError(f"You cannot remove a running container {c.id}. Stop the container "
+                                    "before attempting removal or force remove")
+            os.kill(int(c.record["State"]["Pid"]), 9)
+            _wait_exit(c, 10)
+        _remove_container(app, c, volumes)
+        click.echo(name)
+
+    each(names, one)
 
 
 # -- lifecycle ----------------------------------------------------------------------------------------
@@ -426,23 +422,19 @@ def _print_log_line(raw: bytes, timestamps: bool) -> None:
 @pass_app
 def stop(app: App, names: tuple[str, ...], timeout: int) -> None:
     """Stop running containers: the image's STOPSIGNAL (default SIGTERM), then SIGKILL."""
-    failed: RootlessError | None = None
-    for name in names:
-        try:
-            c = _containers(app).get(name)
-            if _is_running(c):
-                sig = _signal_number(str((c.record.get("Config") or {}).get("StopSignal") or "SIGTERM"))
-                pid = int(c.record["State"]["Pid"])
-                _kill(pid, sig)
-                if not _wait_exit(c, timeout):
-                    _kill(pid, 9)
-                    _wait_exit(c, None)
-            click.echo(name)
-        except RootlessError as e:
-            click.echo(f"Error: {e.message}", err=True)
-            failed = e
-    if failed is not None:
-        sys.exit(failed.exit_code)
+
+    def one(name: str) -> None:
+        c = _containers(app).get(name)
+        if _is_running(c):
+            sig = _signal_number(str((c.record.get("Config") or {}).get("StopSignal") or "SIGTERM"))
+            pid = int(c.record["State"]["Pid"])
+            _kill(pid, sig)
+            if not _wait_exit(c, timeout):
+                _kill(pid, 9)
+                _wait_exit(c, None)
+        click.echo(name)
+
+    each(names, one)
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -459,19 +451,15 @@ def _kill(pid: int, sig: int) -> None:
 def kill(app: App, names: tuple[str, ...], sig: str) -> None:
     """Send a signal to running containers."""
     number = _signal_number(sig)
-    failed: RootlessError | None = None
-    for name in names:
-        try:
-            c = _containers(app).get(name)
-            if not _is_running(c):
-                raise RootlessError(f"cannot kill container: {name}: container {c.id} is not running")
-            _kill(int(c.record["State"]["Pid"]), number)
-            click.echo(name)
-        except RootlessError as e:
-            click.echo(f"Error: {e.message}", err=True)
-            failed = e
-    if failed is not None:
-        sys.exit(failed.exit_code)
+
+    def one(name: str) -> None:
+        c = _containers(app).get(name)
+        if not _is_running(c):
+            raise RootlessError(f"cannot kill container: {name}: container {c.id} is not running")
+        _kill(int(c.record["State"]["Pid"]), number)
+        click.echo(name)
+
+    each(names, one)
 
 
 @main.command("wait")
@@ -639,21 +627,17 @@ def volume_inspect(app: App, names: tuple[str, ...], fmt: str | None) -> None:
 def volume_rm(app: App, names: tuple[str, ...], force: bool) -> None:
     """Remove volumes."""
     used = _volumes_in_use(app)
-    failed: RootlessError | None = None
-    for name in names:
-        try:
-            if name in used and not force:
-                users = [c.id for c in _containers(app).all()
-                         if any(m.get("name") == name for m in c.record.get("Launch", {}).get("Mounts", []))]
-                raise RootlessError(f"remove {name}: volume is in use - [{', '.join(users)}]",
-                                    "remove those containers first, or use -f")
-            _volumes(app).remove(name)
-            click.echo(name)
-        except RootlessError as e:
-            click.echo(f"Error: {e.message}", err=True)
-            failed = e
-    if failed is not None:
-        sys.exit(failed.exit_code)
+
+    def one(name: str) -> None:
+        if name in used and not force:
+            users = [c.id for c in _containers(app).all()
+                     if any(m.get("name") == name for m in c.record.get("Launch", {}).get("Mounts", []))]
+            raise RootlessError(f"remove {name}: volume is in use - [{', '.join(users)}]",
+                                "remove those containers first, or use -f")
+        _volumes(app).remove(name)
+        click.echo(name)
+
+    each(names, one)
 
 
 @volume.command("prune")

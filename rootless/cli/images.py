@@ -13,7 +13,7 @@ from ..errors import AmbiguousImageId, ImageNotFound, InvalidReference, Rootless
 from ..image import manifest as mf
 from ..image import reference
 from ..image.auth import CredentialStore, normalize_host
-from ._app import App, main, pass_app
+from ._app import App, each, main, pass_app
 from ._format import Template, ago, human_size, table
 from ._progress import ProgressDisplay
 
@@ -202,16 +202,12 @@ def tag(app: App, source: str, target: str) -> None:
 @pass_app
 def rmi(app: App, images: tuple[str, ...], force: bool) -> None:
     """Remove one or more images."""
-    failed: list[RootlessError] = []
-    for name in images:
-        try:
-            for line in remove_image(app, name, force):
-                click.echo(line)
-        except RootlessError as e:
-            failed.append(e)
-            click.echo(f"Error: {e.message}", err=True)
-    if failed:
-        sys.exit(failed[-1].exit_code)
+
+    def one(name: str) -> None:
+        for line in remove_image(app, name, force):
+            click.echo(line)
+
+    each(images, one)
 
 
 def _inspect() -> Any:

@@ -31,8 +31,9 @@ import struct
 import sys
 import termios
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 from datetime import datetime, timezone
 
 from . import linux, network
@@ -123,17 +124,9 @@ def start(launch: Launch) -> Started:
         os.close(go_w)
         if attachment:
             attachment.forked()
-        code = 125
         closed_report = [False]
-        try:
-            code = _helper(launch, sync_w, go_r, report_w, closed_report)
-        except StartError as e:
-            _helper_error(report_w, closed_report, e.message, e.code)
-            code = e.code
-        except BaseException as e:  # noqa: BLE001 (the child must never return into the CLI)
-            _helper_error(report_w, closed_report, f"internal error: {e!r}\n{traceback.format_exc()}", 125)
-        finally:
-            os._exit(code)
+        _run_child(lambda message, code: _helper_error(report_w, closed_report, message, code),
+                   lambda: _helper(launch, sync_w, go_r, report_w, closed_report))
     os.close(report_w)
     os.close(sync_w)
     os.close(go_r)
@@ -151,18 +144,13 @@ def start(launch: Launch) -> Started:
         os.close(sync_r)
         os.close(go_w)
     init_pid = None
-    with os.fdopen(report_r, "rb") as reports:
-        for line in reports:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if "pid" in msg:
-                init_pid = int(msg["pid"])
-            elif "error" in msg and error is None:
-                error = StartError(str(msg["error"]), int(msg.get("code", 125)))
-            if attachment and error is None and (problem := attachment.on_report(msg, init_pid)):
-                error = StartError(problem)
+    for msg in _reports(report_r):
+        if "pid" in msg:
+            init_pid = int(msg["pid"])
+        elif "error" in msg and error is None:
+            error = _error_of(msg)
+        if attachment and error is None and (problem := attachment.on_report(msg, init_pid)):
+            error = StartError(problem)
     if attachment:
         attachment.close()
     return Started(pid, init_pid, error)
@@ -197,6 +185,46 @@ def exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def _run_child(report: Callable[[str, int], None], body: Callable[[], int]) -> NoReturn:
+    """How every forked child ends: with BODY's exit code, or with its failure reported and
+    docker's code for it.  It never returns: a child must not run on into the CLI's code."""
+    code = 125
+    try:
+        code = body()
+    except StartError as e:
+        report(e.message, e.code)
+        code = e.code
+    except BaseException as e:  # noqa: BLE001
+        report(f"internal error: {e!r}\n{traceback.format_exc()}", 125)
+    finally:
+        os._exit(code)
+
+
+def _wait_code(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return exit_code(status)
+        except InterruptedError:
+            continue
+
+
+def _reports(fd: int) -> Iterator[dict[str, Any]]:
+    """The JSON lines a child writes on the report pipe FD, until every writer has closed it."""
+    with os.fdopen(fd, "rb") as reports:
+        for line in reports:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict):
+                yield msg
+
+
+def _error_of(msg: dict[str, Any]) -> StartError:
+    return StartError(str(msg["error"]), int(msg.get("code", 125)))
 
 
 def _helper_error(report_w: int, closed: list[bool], message: str, code: int) -> None:
@@ -253,40 +281,30 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
     # A process that unshared a pid namespace can no longer start threads (clone(2): EINVAL),
     # and this one serves FUSE with trio's threads: a middle process makes the namespace,
     # forks init into it and passes init's exit status on as its own.
+    def init() -> int:
+        _stdio(launch, out_w, err_w)
+        _init(launch, report_w)
+        return 125   # not reached: _init execs or raises
+
+    def middle_process() -> int:
+        os.close(out_r)
+        os.close(err_r)
+        linux.set_parent_death_signal(signal.SIGKILL)
+        linux.unshare(linux.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            _run_child(report, init)
+        _report(report_w, {"pid": pid})
+        for fd in (report_w, out_w, err_w, 0, 1, 2, *([launch.tty_socket] if launch.tty_socket else [])):
+            os.close(fd)
+        return _wait_code(pid)
+
+    def report(message: str, code: int) -> None:
+        _report(report_w, {"error": message, "code": code})
+
     middle = os.fork()
     if middle == 0:
-        code = 125
-        try:
-            os.close(out_r)
-            os.close(err_r)
-            linux.set_parent_death_signal(signal.SIGKILL)
-            linux.unshare(linux.CLONE_NEWPID)
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    _stdio(launch, out_w, err_w)
-                    _init(launch, report_w)
-                except StartError as e:
-                    _report(report_w, {"error": e.message, "code": e.code})
-                    code = e.code
-                except BaseException as e:  # noqa: BLE001
-                    _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
-                finally:
-                    os._exit(code)
-            _report(report_w, {"pid": pid})
-            for fd in (report_w, out_w, err_w, 0, 1, 2, *([launch.tty_socket] if launch.tty_socket else [])):
-                os.close(fd)
-            while True:
-                try:
-                    _, status = os.waitpid(pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-            code = exit_code(status)
-        except BaseException as e:  # noqa: BLE001
-            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
-        finally:
-            os._exit(code)
+        _run_child(report, middle_process)
     pid = middle
     if launch.tty_socket is not None:
         os.close(launch.tty_socket)
@@ -717,32 +735,18 @@ def exec_in(init_pid: int, process: ProcessSpec, ids: IdMap, *, interactive: boo
         from .tty import terminal_size
 
         winsize = terminal_size()
+    def child() -> int:
+        if pair is not None:
+            pair[0].close()
+        return _exec_child(init_pid, process, ids, interactive, report_w, pair[1].detach() if pair else None,
+                           winsize)
+
     pid = os.fork()
     if pid == 0:
         os.close(report_r)
-        code = 125
-        try:
-            if pair is not None:
-                pair[0].close()
-            code = _exec_child(init_pid, process, ids, interactive, report_w,
-                               pair[1].detach() if pair else None, winsize)
-        except StartError as e:
-            _report(report_w, {"error": e.message, "code": e.code})
-            code = e.code
-        except BaseException as e:  # noqa: BLE001
-            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
-        finally:
-            os._exit(code)
+        _run_child(lambda message, code: _report(report_w, {"error": message, "code": code}), child)
     os.close(report_w)
-    error: StartError | None = None
-    with os.fdopen(report_r, "rb") as reports:
-        for line in reports:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if "error" in msg and error is None:
-                error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+    error = next((_error_of(msg) for msg in _reports(report_r) if "error" in msg), None)
     if pair is not None:
         pair[1].close()
         with pair[0] as sock:
@@ -779,37 +783,27 @@ def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bo
         for _, fd in fds:
             os.close(fd)
     os.chdir("/")
+    def command() -> int:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        if not interactive:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        if tty_socket is not None:
+            _take_pty("/dev/pts", tty_socket, winsize)
+        os.set_inheritable(report_w, False)
+        _become(process, ids)
+        return 125   # not reached: _become execs or raises
+
     pid = os.fork()      # only a child enters the pid namespace
     if pid == 0:
-        code = 125
-        try:
-            linux.set_parent_death_signal(signal.SIGKILL)
-            if not interactive:
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0)
-                os.close(null)
-            if tty_socket is not None:
-                _take_pty("/dev/pts", tty_socket, winsize)
-            os.set_inheritable(report_w, False)
-            _become(process, ids)
-        except StartError as e:
-            _report(report_w, {"error": e.message, "code": e.code})
-            code = e.code
-        except BaseException as e:  # noqa: BLE001
-            _report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
-        finally:
-            os._exit(code)
+        _run_child(lambda message, code: _report(report_w, {"error": message, "code": code}), command)
     os.close(report_w)
     if tty_socket is not None:
         os.close(tty_socket)
     for s in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(s, signal.SIG_IGN)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return exit_code(status)
-        except InterruptedError:
-            continue
+    return _wait_code(pid)
 
 
 def print_error(error: StartError) -> None:
