@@ -1,12 +1,12 @@
 """``--change`` values: the Dockerfile instructions ``import`` (and ``commit``) apply to an image's config.
 
-Each change is one instruction line, ``CMD ["sh"]`` or ``ENV A=1 B="two words"``, read as
-docker reads it: JSON (exec) form where the arguments are a JSON array of strings, else
-shell form; quotes and backslashes as in a Dockerfile; ``$VAR`` and ``${VAR}`` (with
-``:-`` and ``:+``) replaced from the environment the image had before the instruction,
-for the instructions where docker does that (not CMD or ENTRYPOINT, which the
-container's shell expands).  The result uses the docker field names of an image
-config's ``config`` object.
+Each change is one instruction, ``CMD ["sh"]`` or ``ENV A=1 B="two words"``, read by the
+Dockerfile parser (``rootless.build.parser``): exec or shell form, quotes and escapes,
+``$VAR`` and ``${VAR}`` (``:-``, ``-``, ``:+``, ``+``, ``:?``, ``?``) replaced from the
+environment the image had before the instruction, for the instructions where docker does
+that (not CMD or ENTRYPOINT, which the container's shell expands).  ``apply_instruction``
+is the part a builder shares: an expanded instruction onto a config, with docker's field
+names of an image config's ``config`` object.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..build import parser
 from ..errors import RootlessError
 
 SUPPORTED = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "USER", "VOLUME", "WORKDIR")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/([A-Za-z]+))?$")
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
@@ -41,53 +41,59 @@ def _apply(config: dict[str, Any], change: str) -> None:
     parts = change.split(None, 1)
     word = parts[0] if parts else ""
     rest = parts[1].strip() if len(parts) > 1 else ""
-    instruction = word.upper()
-    if instruction not in SUPPORTED:
+    keyword = word.upper()
+    if keyword not in SUPPORTED:
         raise ChangeError(f"{word or change!r} is not a Dockerfile instruction --change accepts",
                           f"use one of {', '.join(SUPPORTED)}, e.g. --change 'CMD [\"/bin/sh\"]'")
     if not rest:
-        raise ChangeError(f"invalid --change {change!r}: {instruction} needs arguments")
-    env = _env(config)
+        raise ChangeError(f"invalid --change {change!r}: {keyword} needs arguments")
+    if keyword in ("CMD", "ENTRYPOINT") and _array_of_non_strings(rest):
+        # import and commit have always taken this as shell form; a Dockerfile refuses it
+        config["Cmd" if keyword == "CMD" else "Entrypoint"] = ["/bin/sh", "-c", rest]
+        return
     try:
-        if instruction in ("CMD", "ENTRYPOINT"):
-            exec_form = _json_array(rest)
-            config["Cmd" if instruction == "CMD" else "Entrypoint"] = (
-                exec_form if exec_form is not None else ["/bin/sh", "-c", rest])
-        elif instruction in ("ENV", "LABEL"):
-            pairs = _pairs(rest, env)
-            if instruction == "ENV":
-                entries = [e for e in config.get("Env") or [] if isinstance(e, str)]
-                for key, value in pairs:
-                    entries = [e for e in entries if e.split("=", 1)[0] != key]
-                    entries.append(f"{key}={value}")
-                config["Env"] = entries
-            else:
-                labels = dict(config.get("Labels") or {})
-                labels.update(pairs)
-                config["Labels"] = labels
-        elif instruction == "EXPOSE":
-            ports = dict(config.get("ExposedPorts") or {})
-            for spec in words(rest, env):
-                for port in _ports(spec):
-                    ports[port] = {}
-            config["ExposedPorts"] = ports
-        elif instruction == "USER":
-            user = _one(rest, env)
-            config["User"] = user
-        elif instruction == "VOLUME":
-            paths = _json_array(rest)
-            if paths is None:
-                paths = words(rest, env)
-            if not paths or any(not p.strip() for p in paths):
-                raise ValueError("VOLUME needs non-empty paths")
-            volumes = dict(config.get("Volumes") or {})
-            volumes.update({p: {} for p in paths})
-            config["Volumes"] = volumes
-        elif instruction == "WORKDIR":
-            path = _one(rest, env)
-            config["WorkingDir"] = posixpath.normpath(posixpath.join(config.get("WorkingDir") or "/", path))
+        instruction = parser.parse_instruction(change).expand(_env(config))
+        apply_instruction(config, instruction)
+    except parser.DockerfileError as e:
+        raise ChangeError(f"invalid --change {change!r}: {e.reason}", e.hint) from None
     except ValueError as e:
         raise ChangeError(f"invalid --change {change!r}: {e}") from None
+
+
+def apply_instruction(config: dict[str, Any], instruction: parser.Instruction) -> None:
+    """An instruction that only changes the config (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER,
+    VOLUME, WORKDIR), already expanded, applied to CONFIG in place.  Raises ValueError for
+    values docker refuses (ports, empty volumes) and for any other instruction."""
+    if isinstance(instruction, (parser.Cmd, parser.Entrypoint)):
+        config["Cmd" if isinstance(instruction, parser.Cmd) else "Entrypoint"] = instruction.argv()
+    elif isinstance(instruction, parser.Env):
+        entries = [e for e in config.get("Env") or [] if isinstance(e, str)]
+        for key, value in instruction.pairs:
+            entries = [e for e in entries if e.split("=", 1)[0] != key]
+            entries.append(f"{key}={value}")
+        config["Env"] = entries
+    elif isinstance(instruction, parser.Label):
+        labels = dict(config.get("Labels") or {})
+        labels.update(instruction.pairs)
+        config["Labels"] = labels
+    elif isinstance(instruction, parser.Expose):
+        ports = dict(config.get("ExposedPorts") or {})
+        for spec in instruction.ports:
+            for port in _ports(spec):
+                ports[port] = {}
+        config["ExposedPorts"] = ports
+    elif isinstance(instruction, parser.User):
+        config["User"] = instruction.user
+    elif isinstance(instruction, parser.Volume):
+        if not instruction.paths or any(not p.strip() for p in instruction.paths):
+            raise ValueError("VOLUME needs non-empty paths")
+        volumes = dict(config.get("Volumes") or {})
+        volumes.update({p: {} for p in instruction.paths})
+        config["Volumes"] = volumes
+    elif isinstance(instruction, parser.Workdir):
+        config["WorkingDir"] = posixpath.normpath(posixpath.join(config.get("WorkingDir") or "/", instruction.path))
+    else:
+        raise ValueError(f"{instruction.keyword} does not only change the config")
 
 
 def _env(config: Mapping[str, Any]) -> dict[str, str]:
@@ -99,120 +105,26 @@ def _env(config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _json_array(text: str) -> list[str] | None:
-    """TEXT's exec form, or None where it is not a JSON array of strings (then it is shell form)."""
-    if not text.startswith("["):
-        return None
+def _array_of_non_strings(text: str) -> bool:
     try:
         value = json.loads(text)
     except ValueError:
-        return None
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    return None
-
-
-def _pairs(text: str, env: Mapping[str, str]) -> list[tuple[str, str]]:
-    """``a=1 b="x y"``, or the old ``key value with spaces`` form."""
-    parts = text.split(None, 1)
-    if "=" not in parts[0]:
-        if len(parts) < 2:
-            raise ValueError(f"{parts[0]} needs a value: use KEY=VALUE")
-        return [(parts[0], _one(parts[1].strip(), env))]
-    pairs = []
-    for word in words(text, env):
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{word!r} is not KEY=VALUE")
-        pairs.append((key, value))
-    return pairs
-
-
-def _one(text: str, env: Mapping[str, str]) -> str:
-    """TEXT as one value: quotes removed and variables replaced, the spaces in it kept."""
-    return "".join(_lex(text, env, split=False))
+        return False
+    return isinstance(value, list) and not all(isinstance(v, str) for v in value)
 
 
 def words(text: str, env: Mapping[str, str]) -> list[str]:
-    """TEXT split at unquoted blanks, each word with its quotes removed and variables replaced."""
+    """TEXT split at unquoted blanks, each word with its quotes removed and variables replaced
+    (``parser.expand_words``; ValueError for what it cannot read)."""
     return _lex(text, env, split=True)
 
 
 def _lex(text: str, env: Mapping[str, str], split: bool) -> list[str]:
-    out: list[str] = []
-    word: list[str] = []
-    started = False
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if split and c in " \t":
-            if started:
-                out.append("".join(word))
-                word, started = [], False
-            i += 1
-            continue
-        started = True
-        if c == "\\" and i + 1 < n:
-            word.append(text[i + 1])
-            i += 2
-        elif c == "'":
-            end = text.find("'", i + 1)
-            if end < 0:
-                raise ValueError("unmatched single quote")
-            word.append(text[i + 1:end])
-            i = end + 1
-        elif c == '"':
-            i += 1
-            while True:
-                if i >= n:
-                    raise ValueError("unmatched double quote")
-                c = text[i]
-                if c == '"':
-                    i += 1
-                    break
-                if c == "\\" and i + 1 < n and text[i + 1] in '"\\$':
-                    word.append(text[i + 1])
-                    i += 2
-                elif c == "$":
-                    value, i = _variable(text, i, env)
-                    word.append(value)
-                else:
-                    word.append(c)
-                    i += 1
-        elif c == "$":
-            value, i = _variable(text, i, env)
-            word.append(value)
-        else:
-            word.append(c)
-            i += 1
-    if started:
-        out.append("".join(word))
-    return out
-
-
-def _variable(text: str, i: int, env: Mapping[str, str]) -> tuple[str, int]:
-    """The value of the variable at TEXT[I] (a ``$``) and where the text goes on after it."""
-    if text.startswith("${", i):
-        end = text.find("}", i)
-        if end < 0:
-            raise ValueError("missing '}' after '${'")
-        body = text[i + 2:end]
-        m = _NAME.match(body)
-        if m is None:
-            raise ValueError(f"bad substitution ${{{body}}}")
-        name, modifier = m.group(0), body[m.end():]
-        value = env.get(name, "")
-        if modifier.startswith(":-"):
-            value = value or modifier[2:]
-        elif modifier.startswith(":+"):
-            value = modifier[2:] if value else ""
-        elif modifier:
-            raise ValueError(f"bad substitution ${{{body}}}: only ${{VAR}}, ${{VAR:-word}} and ${{VAR:+word}} are supported")
-        return value, end + 1
-    m = _NAME.match(text, i + 1)
-    if m is None:
-        return "$", i + 1
-    return env.get(m.group(0), ""), m.end()
+    # kept for rootless.build.instructions until it reads parser.Instruction objects
+    try:
+        return parser.expand_words(text, env) if split else [parser.expand(text, env)]
+    except parser.DockerfileError as e:
+        raise ValueError(str(e)) from None
 
 
 def _ports(spec: str) -> list[str]:
