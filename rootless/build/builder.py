@@ -32,6 +32,7 @@ from ..image import manifest as mf
 from ..image.local import StoredLayer, config_bytes
 from . import cache as cachemod
 from .instructions import BuildError, Step, load
+from .instructions import triggers as load_triggers
 
 if TYPE_CHECKING:
     from ..image.store import ImageRecord, Store
@@ -224,7 +225,7 @@ class Builder:
             image.cfg["OnBuild"] = None
             image = stage.image = Image(image.config, image.layers)
             self.say(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}")
-            for trigger in load("\n".join(str(t) for t in triggers), "ONBUILD"):
+            for trigger in load_triggers([str(t) for t in triggers]):
                 stage.image = self._step(stage, trigger)
                 self.say(f" ---> {_short(stage.image.id)}")
         return stage

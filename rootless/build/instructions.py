@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import RootlessError
 from ..image import changes
@@ -68,44 +68,30 @@ class Step:
 
 
 def load(text: str, name: str = "Dockerfile") -> list[Step]:
-    """The instructions of the Dockerfile TEXT, in order."""
-    import importlib
+    """The instructions of the Dockerfile TEXT, in order, checked by the parser (``parser.parse``).
 
-    try:
-        parser = importlib.import_module(f"{__package__}.parser")
-    except ImportError:
-        return _interim(text)
-    parsed = parser.parse(text, name=name)
-    return [_from_parser(i) for i in getattr(parsed, "instructions", parsed)]
+    Each instruction's text as the parser joined it (continuations, comments and escapes
+    handled there) is split into keyword, flags and arguments here.
+    """
+    from .parser import parse
 
-
-def _pick(obj: object, *names: str) -> object:
-    for n in names:
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    raise BuildError(f"the Dockerfile parser's instructions have none of {', '.join(names)}",
-                     "the builder and the parser disagree: a bug in rootless")
+    parsed = parse(text, name=name)
+    out: list[Step] = []
+    for i in [*parsed.args, *(x for stage in parsed.stages for x in (stage.base, *stage.instructions))]:
+        if getattr(i, "heredocs", ()):
+            raise BuildError(f"{name}:{i.line}: heredocs are not supported by this builder yet",
+                             "write the file into the build context and COPY it")
+        out.extend(replace(step, line=i.line) for step in _interim(i.original))
+    return out
 
 
-def _from_parser(i: object) -> Step:
-    """One of the parser's instructions as a Step (the names its API settles on are tried in turn)."""
-    keyword = str(_pick(i, "keyword", "cmd", "instruction", "name")).upper()
-    exec_form = None
-    form = next((getattr(i, n) for n in ("exec_form", "json", "is_json", "is_exec") if hasattr(i, n)), None)
-    if isinstance(form, (list, tuple)):
-        exec_form = [str(a) for a in form]
-    elif form:
-        exec_form = [str(a) for a in _pick(i, "args", "arguments", "words")]  # type: ignore[attr-defined]
-    flags_raw = getattr(i, "flags", {}) or {}
-    flags = {str(k).lstrip("-"): str(v[-1] if isinstance(v, (list, tuple)) else v) for k, v in dict(flags_raw).items()}
-    text = str(_pick(i, "text", "rest", "value", "raw_args"))
-    original = str(getattr(i, "original", "") or f"{keyword} {text}")
-    line = int(_pick(i, "line", "lineno", "start_line"))  # type: ignore[call-overload]
-    return Step(keyword, text, line, original, exec_form, flags)
+def triggers(lines: list[str]) -> list[Step]:
+    """ONBUILD triggers: one instruction per entry, no FROM in front of them."""
+    return [step for line in lines for step in _interim(line)]
 
 
 def _interim(text: str) -> list[Step]:
-    """Until the parser lands: one instruction per logical line, the rest is the parser's job."""
+    """Instructions already joined into one line each (by the parser, or ONBUILD's record) as Steps."""
     out: list[Step] = []
     pending, start = "", 0
     for number, raw in enumerate(text.splitlines(), 1):
