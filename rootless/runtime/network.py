@@ -10,7 +10,7 @@
 How a private network comes up, in launch.py's process tree:
 
     init      unshares its net namespace, brings ``lo`` up, reports ``{"netns"}`` and waits
-              on a pipe (``wait_attached``)
+              on a pipe (``Attachment.wait_attached``)
     parent    (outside the user namespace, as the user) hears it and init's pid, runs the
               daemon against /proc/PID (``Attachment.on_report``); the daemon joins init's user
               and net namespaces, which the user owns, makes the tap device, binds the
@@ -18,10 +18,12 @@ How a private network comes up, in launch.py's process tree:
               address the container got and lets init go on
     helper    outlives init; once init has exited it stops the daemon (``teardown``)
 
-Neither daemon quits by itself when the namespace goes away, so its pid (and the process's
-start time, against a reused pid) is kept in ``network.json`` in the container's
-directory: the helper stops it, and a new start of the container stops one left behind
-by a helper that was killed.
+Neither daemon quits by itself when the namespace goes away: the parent tells the helper
+which process it is (a pipe), and the helper stops it.  slirp4netns also watches a pipe
+only the container's processes hold (--exit-fd), so it quits even if they are killed;
+for pasta, the pid and start time (against a reused pid) are kept in ``network.json``
+in the container's directory, and ``rm`` or the next start stops one a killed helper
+left behind.
 """
 
 from __future__ import annotations

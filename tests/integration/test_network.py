@@ -323,7 +323,7 @@ def test_a_host_port_in_use_is_refused_as_docker_does(cli: Cli, images: dict[str
         port = busy.getsockname()[1]
         done = cli.proc("run", "--rm", "--name", "clash", "-p", f"{port}:80", images["web"])
     assert done.returncode == 125
-    assert (f"driver failed programming external connectivity on endpoint clash (" in done.stderr
+    assert ("driver failed programming external connectivity on endpoint clash (" in done.stderr
             and f"listen tcp4 0.0.0.0:{port}: bind: address already in use" in done.stderr), done.stderr
     assert ok(cli, "ps", "-aq") == ""
 
@@ -344,3 +344,17 @@ def test_no_daemon_outlives_a_killed_helper_and_rm(cli: Cli, images: dict[str, s
         assert gone(pid)
     ok(cli, "rm", "-f", cid)
     assert gone(pid)
+
+
+def test_restart_publishes_the_same_port_again(cli: Cli, images: dict[str, str]) -> None:
+    port = free_port()
+    cid = ok(cli, "run", "-d", "-p", f"{port}:80", images["web"]).strip()
+    try:
+        assert fetch(port) == PAGE
+        ok(cli, "restart", "-t", "1", cid)
+        assert fetch(port) == PAGE
+        ok(cli, "stop", "-t", "1", cid)
+        ok(cli, "start", cid)
+        assert fetch(port) == PAGE
+    finally:
+        ok(cli, "rm", "-f", cid)
