@@ -135,15 +135,16 @@ def _helper(launch: Launch, report_w: int, closed_report: list[bool]) -> int:
     keeper = os.fork()
     if keeper == 0:
         code = 125
+        reports = _Reports(report_w)
         try:
             os.close(out_r)
             os.close(err_r)
-            code = _keeper(launch, proot, report_w, out_w, err_w)
+            code = _keeper(launch, proot, reports, out_w, err_w)
         except StartError as e:
-            _launch._report(report_w, {"error": e.message, "code": e.code})
+            reports.error(e.message, e.code)
             code = e.code
         except BaseException as e:  # noqa: BLE001
-            _launch._report(report_w, {"error": f"internal error: {e!r}\n{traceback.format_exc()}", "code": 125})
+            reports.error(f"internal error: {e!r}\n{traceback.format_exc()}", 125)
         finally:
             os._exit(code)
     if launch.tty_socket is not None:
@@ -187,7 +188,30 @@ def _unmount_stale(path: str) -> None:
 
 # -- the keeper: docker's rules, proot, and the end of the container --------------------------------
 
-def _keeper(launch: Launch, proot: str, report_w: int, out_w: int, err_w: int) -> int:
+class _Reports:
+    """The keeper's end of the report pipe: closed once the command's pid is told, after which
+    an error can only go to the container's stderr (and its log)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def send(self, msg: dict[str, object]) -> None:
+        if self.fd is not None:
+            _launch._report(self.fd, msg)
+
+    def error(self, message: str, code: int) -> None:
+        if self.fd is not None:
+            self.send({"error": message, "code": code})
+        else:
+            _launch.write_all(2, f"rootless: {message}\n".encode())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _keeper(launch: Launch, proot: str, reports: _Reports, out_w: int, err_w: int) -> int:
     linux.set_parent_death_signal(signal.SIGKILL)
     tty = launch.tty_socket is not None
     if not launch.interactive:
@@ -212,14 +236,14 @@ def _keeper(launch: Launch, proot: str, report_w: int, out_w: int, err_w: int) -
             _launch._default_signals()
             os.execve(argv[0], argv, env)
         except BaseException as e:  # noqa: BLE001
-            _launch._report(report_w, {"error": f"cannot start proot: {e}", "code": 125})
+            reports.error(f"cannot start proot: {e}", 125)
         finally:
             os._exit(125)
     if launch.tty_socket is not None:
         os.close(launch.tty_socket)
     if filt_w is not None:
         os.close(filt_w)
-    return _supervise(pid, filt_r, report_w)
+    return _supervise(pid, filt_r, reports)
 
 
 def command_line(launch: Launch, proot: str, verbose: bool) -> tuple[list[str], dict[str, str]]:
@@ -475,7 +499,7 @@ def tracees(tracer: int) -> list[int]:
     return out
 
 
-def _supervise(proot_pid: int, filt_r: int | None, report_w: int) -> int:
+def _supervise(proot_pid: int, filt_r: int | None, reports: _Reports) -> int:
     """Wait for the command, end the rest, and return the command's exit code as docker gives it."""
     messages = ProotMessages()
     verbose = filt_r is not None
@@ -489,7 +513,6 @@ def _supervise(proot_pid: int, filt_r: int | None, report_w: int) -> int:
     main_gone = False
     proot_status: int | None = None
     drain_until = 0.0
-    report_open = True
     while True:
         if main is None and not main_gone:
             kids = _children(proot_pid)
@@ -500,9 +523,8 @@ def _supervise(proot_pid: int, filt_r: int | None, report_w: int) -> int:
                     poller.register(main_fd, select.POLLIN)
                 except ProcessLookupError:
                     main_gone = True
-                _launch._report(report_w, {"pid": main})
-                os.close(report_w)
-                report_open = False
+                reports.send({"pid": main})
+                reports.close()
             elif messages.ends:
                 main_gone = True    # a tracee ended and proot has no child: the command came and went
         if main_gone and proot_status is None:
@@ -541,7 +563,10 @@ def _supervise(proot_pid: int, filt_r: int | None, report_w: int) -> int:
                 proot_status = _reap(proot_pid)
                 drain_until = time.monotonic() + DRAIN_S
                 if main_fd is not None:   # proot died under a live command, which now runs untraced
-                    signal.pidfd_send_signal(main_fd, signal.SIGKILL)
+                    try:
+                        signal.pidfd_send_signal(main_fd, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass              # it had ended too (both news came in one poll)
     if filt_r is not None:
         os.close(filt_r)
     _launch.write_all(2, messages.flush())
@@ -552,8 +577,7 @@ def _supervise(proot_pid: int, filt_r: int | None, report_w: int) -> int:
     if command is None:
         # Nothing was traced to its end: proot itself failed (ptrace refused, a bad option).
         said = "; ".join(messages.errors) or f"exit status {_launch.exit_code(proot_status)}"
-        if report_open:
-            _launch._report(report_w, {"error": f"proot could not start the command: {said}", "code": 125})
+        reports.error(f"proot could not start the command: {said}", 125)
         return 125
     if messages.errors:
         _launch.write_all(2, "".join(f"proot error: {e}\n" for e in messages.errors).encode())

@@ -177,6 +177,11 @@ def test_detached_container_stops_with_its_exit_code(images: tuple[Cli, dict[str
     with open(f"/proc/{pid}/status") as f:
         assert any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
     ok("stop", "pd")
+    # The helper unmounts and records the end just after the command is gone.
+    record = Path(merged).parent / "config.json"
+    deadline = time.monotonic() + 10
+    while json.loads(record.read_text())["State"]["Running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert fuse_mounts_under(Path(merged)) == []
     assert json.loads(ok("inspect", "pd"))[0]["State"]["ExitCode"] == 7
     assert ok("logs", "pd") == "up\nbye\n"
