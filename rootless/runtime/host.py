@@ -26,11 +26,15 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import linux
 from .idmap import Range, subordinate_range
+
+if TYPE_CHECKING:
+    from .network import Backend
 
 USERNS = "userns"
 USERNS_SINGLE = "userns (single uid)"
@@ -342,18 +346,17 @@ def proot(which: Callable[[str], str | None] = shutil.which, try_it: bool = True
     return Check(True, shown)
 
 
-def network_tools(which: Callable[[str], str | None] = shutil.which,
-                  tun: str = "/dev/net/tun") -> dict[str, Check]:
-    """pasta and slirp4netns (user-mode networking) and the tun device they need."""
-    # TODO: switch to network.available_backends() once rootless/runtime/network.py exists.
+def network_tools(backends: Sequence[Backend] | None = None, tun: str = "/dev/net/tun") -> dict[str, Check]:
+    """pasta and slirp4netns as network.py judges them (--network private), and the tun device."""
+    from .network import available_backends
+
     out = {}
-    for name, package in (("pasta", "passt"), ("slirp4netns", "slirp4netns")):
-        path = which(name)
-        if path is None:
-            out[name] = Check(False, "not found", f"as root: apt-get install {package}")
-        else:
-            version = tool_version([path, "--version"])
-            out[name] = Check(True, f"{path} ({version})" if version else path)
+    for b in available_backends() if backends is None else backends:
+        detail = b.detail
+        if b.usable and b.path:
+            version = tool_version([b.path, "--version"])
+            detail = f"{b.path} ({version})" if version else b.path
+        out[b.name] = Check(b.usable, detail, b.hint)
     try:
         fd = os.open(tun, os.O_RDWR | os.O_CLOEXEC)
         os.close(fd)

@@ -212,3 +212,13 @@ def test_the_mode_follows_from_the_checks(bad: dict[str, str], forced: str, mode
     chosen = host.choose_mode(checks(**bad), forced)
     assert chosen.name == mode
     assert reason in chosen.reason
+
+
+def test_network_tools_are_network_pys_verdicts(tmp_path: Path) -> None:
+    from rootless.runtime.network import Backend
+
+    found = host.network_tools([Backend("pasta", None, False, "not found", "as root: apt-get install passt"),
+                                Backend("slirp4netns", "/bin/true", True, "/bin/true")], tun=str(tmp_path / "tun"))
+    assert found["pasta"] == Check(False, "not found", "as root: apt-get install passt")
+    assert found["slirp4netns"].ok and found["slirp4netns"].detail.startswith("/bin/true")
+    assert not found["tun"].ok and "modprobe tun" in found["tun"].hint
