@@ -728,6 +728,10 @@ def exec_in(init_pid: int, process: ProcessSpec, ids: IdMap, *, interactive: boo
 
     The caller must be single-threaded: a threaded process cannot join a user namespace.
     """
+    from . import proot
+
+    if (command := proot.container_command(init_pid)) is not None:   # run by proot.py: no namespaces to join
+        return proot.exec_in(init_pid, command, process, interactive=interactive, tty=tty, log_path=log_path)
     report_r, report_w = os.pipe()
     pair = socket.socketpair() if tty else None
     winsize = None

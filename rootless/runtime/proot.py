@@ -9,6 +9,9 @@
                            and when the command exits kills whatever it left behind
                            └ fork, exec ─► proot -r ROOTFS ... ─► the command (traced)
 
+``exec`` (``launch.exec_in`` comes to ``exec_in`` when the container's command is a proot's
+child) is another proot over the same mounted root, with the container's binds.
+
 ``launch.start`` comes here when ``host.runtime_mode()`` says ``proot``.  The
 ``Launch``/``Started`` contract is launch's: the parent hears ``{"pid"}`` or
 ``{"error", "code"}`` on the report pipe, and the helper's exit status is the container's.
@@ -51,7 +54,7 @@ import traceback
 from . import launch as _launch
 from . import linux
 from .launch import Launch, Started, StartError
-from .spec import UserNotFound, resolve_user
+from .spec import ProcessSpec, UserNotFound, resolve_user
 from .volumes import Mount, resolve_in_root, seed
 
 #: Seconds the keeper still reads stderr after proot exited (a daemon that escaped the
@@ -223,27 +226,33 @@ def _keeper(launch: Launch, proot: str, reports: _Reports, out_w: int, err_w: in
     os.close(out_w)
     os.close(err_w)
     argv, env = command_line(launch, proot, verbose=not tty)
-    filt_r, filt_w = (None, None) if tty else os.pipe()
+    return _run_proot(argv, env, launch.rootfs, reports, launch.tty_socket, launch.winsize)
+
+
+def _run_proot(argv: list[str], env: dict[str, str], root: str, reports: _Reports, tty_socket: int | None,
+               winsize: bytes | None, container: int | None = None) -> int:
+    """Fork and exec proot with ARGV, supervise it (``_supervise``) and return the command's exit code."""
+    filt_r, filt_w = (None, None) if tty_socket is not None else os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             linux.set_parent_death_signal(signal.SIGKILL)
             if filt_w is not None:
                 os.dup2(filt_w, 2)
-            if launch.tty_socket is not None:
-                _take_host_pty(launch.tty_socket, launch.winsize)
-            os.chdir(launch.rootfs)
+            if tty_socket is not None:
+                _take_host_pty(tty_socket, winsize)
+            os.chdir(root)
             _launch._default_signals()
             os.execve(argv[0], argv, env)
         except BaseException as e:  # noqa: BLE001
             reports.error(f"cannot start proot: {e}", 125)
         finally:
             os._exit(125)
-    if launch.tty_socket is not None:
-        os.close(launch.tty_socket)
+    if tty_socket is not None:
+        os.close(tty_socket)
     if filt_w is not None:
         os.close(filt_w)
-    return _supervise(pid, filt_r, reports)
+    return _supervise(pid, filt_r, reports, container)
 
 
 def command_line(launch: Launch, proot: str, verbose: bool) -> tuple[list[str], dict[str, str]]:
@@ -253,6 +262,28 @@ def command_line(launch: Launch, proot: str, verbose: bool) -> tuple[list[str], 
     """
     root = launch.rootfs
     spec = launch.process
+    ids, env = checked(root, spec)
+    binds = ["-b", "/proc", "-b", "/dev", "-b", "/sys"]
+    for target, source in launch.etc_files.items():
+        if not launch.readonly:
+            _replace_with_file(in_root(root, posixpath.dirname(target)) + "/" + posixpath.basename(target))
+        binds += ["-b", f"{source}:{target}"]
+    for index, m in enumerate(launch.mounts):
+        binds += ["-b", f"{_mount_source(launch, m, index)}:{m.target}"]
+    args = list(spec.args)
+    if launch.init_binary:
+        # Not pid 1 here: tini must be told to be the reaper of what its child leaves (-s).
+        extra = ["-s"] if "tini" in os.path.basename(launch.init_binary) else []
+        binds += ["-b", f"{launch.init_binary}:{_launch.INIT_PATH}"]
+        args = [_launch.INIT_PATH, *extra, "--", *args]
+    argv = [proot, "-r", root, "-w", spec.cwd, "-v", "1" if verbose else "-1", *binds, *ids, *args]
+    return argv, env
+
+
+def checked(root: str, spec: ProcessSpec) -> tuple[list[str], dict[str, str]]:
+    """docker's rules for SPEC in the container at ROOT, as launch's init applies them: the user
+    (as proot's -0 or -i), HOME, the working directory (made if missing), 127 and 126.
+    Returns proot's id options and the environment."""
     try:
         user = resolve_user(spec.user, in_root(root, "/etc/passwd"), in_root(root, "/etc/group"))
     except UserNotFound as e:
@@ -269,22 +300,99 @@ def command_line(launch: Launch, proot: str, verbose: bool) -> tuple[list[str], 
         why = "not a directory" if os.path.exists(cwd) else "no such file or directory"
         raise StartError(f"chdir to cwd (\"{spec.cwd}\") set in config.json failed: {why}", 125)
     find_executable(root, spec.args[0], env, spec.cwd)
-    binds = ["-b", "/proc", "-b", "/dev", "-b", "/sys"]
-    for target, source in launch.etc_files.items():
-        if not launch.readonly:
-            _replace_with_file(in_root(root, posixpath.dirname(target)) + "/" + posixpath.basename(target))
-        binds += ["-b", f"{source}:{target}"]
-    for index, m in enumerate(launch.mounts):
-        binds += ["-b", f"{_mount_source(launch, m, index)}:{m.target}"]
-    args = list(spec.args)
-    if launch.init_binary:
-        # Not pid 1 here: tini must be told to be the reaper of what its child leaves (-s).
-        extra = ["-s"] if "tini" in os.path.basename(launch.init_binary) else []
-        binds += ["-b", f"{launch.init_binary}:{_launch.INIT_PATH}"]
-        args = [_launch.INIT_PATH, *extra, "--", *args]
     ids = ["-0"] if (user.uid, user.gid) == (0, 0) else ["-i", f"{user.uid}:{user.gid}"]
-    argv = [proot, "-r", root, "-w", spec.cwd, "-v", "1" if verbose else "-1", *binds, *ids, *args]
-    return argv, dict(e.split("=", 1) for e in env if "=" in e)
+    return ids, dict(e.split("=", 1) for e in env if "=" in e)
+
+
+# -- exec: another proot over the same root ---------------------------------------------------------
+
+def container_command(init_pid: int) -> list[str] | None:
+    """The proot command line that runs the container whose command is INIT_PID, or None where
+    INIT_PID is not a proot's child (a container in namespaces, or one that is gone)."""
+    try:
+        with open(f"/proc/{init_pid}/status") as f:
+            parent = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            argv = [a.decode(errors="surrogateescape") for a in f.read().split(b"\0")[:-1]]
+    except (OSError, StopIteration, ValueError):
+        return None
+    return argv if argv and os.path.basename(argv[0]) == "proot" else None
+
+
+def exec_in(init_pid: int, argv: list[str], process: ProcessSpec, *, interactive: bool, tty: bool = False,
+            log_path: str | None = None) -> int:
+    """``exec`` into a proot container: another proot with the same root and binds (ARGV is the
+    container's, from ``container_command``), whose tracees are killed when the container's
+    command exits, as docker's are with the pid namespace."""
+    root, binds = "", []
+    i = 1
+    while i < len(argv):          # command_line's options, up to the command
+        if argv[i] == "-0":
+            i += 1
+        elif argv[i] in ("-r", "-w", "-v", "-b", "-i") and i + 1 < len(argv):
+            if argv[i] == "-r":
+                root = argv[i + 1]
+            elif argv[i] == "-b":
+                binds += ["-b", argv[i + 1]]
+            i += 2
+        else:
+            break
+    if not root:
+        raise StartError(f"cannot tell the root of the container run by {' '.join(argv[:3])}")
+    container = os.pidfd_open(init_pid)
+    report_r, report_w = os.pipe()
+    pair = socket.socketpair() if tty else None
+    winsize = None
+    if tty:
+        from .tty import terminal_size
+
+        winsize = terminal_size()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        reports = _Reports(report_w)
+        code = 125
+        try:
+            if pair is not None:
+                pair[0].close()
+            if not interactive:
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+            ids, env = checked(root, process)
+            command = [argv[0], "-r", root, "-w", process.cwd, "-v", "-1" if tty else "1", *binds, *ids,
+                       *process.args]
+            code = _run_proot(command, env, root, reports, pair[1].detach() if pair else None, winsize, container)
+        except StartError as e:
+            reports.error(e.message, e.code)
+            code = e.code
+        except BaseException as e:  # noqa: BLE001
+            reports.error(f"internal error: {e!r}\n{traceback.format_exc()}", 125)
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    os.close(container)
+    error = None
+    with os.fdopen(report_r, "rb") as lines:
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and "error" in msg and error is None:
+                error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+    if pair is not None:
+        pair[1].close()
+        with pair[0] as sock:
+            master = _launch.receive_fd(sock) if error is None else None
+        if master is not None:
+            from .tty import relay
+
+            relay(master, interactive=interactive, log_path=log_path)
+    code = _launch.wait(Started(pid, None, None))
+    if error is not None:
+        raise error
+    return code
 
 
 def _mount_source(launch: Launch, m: Mount, index: int) -> str:
@@ -499,8 +607,11 @@ def tracees(tracer: int) -> list[int]:
     return out
 
 
-def _supervise(proot_pid: int, filt_r: int | None, reports: _Reports) -> int:
-    """Wait for the command, end the rest, and return the command's exit code as docker gives it."""
+def _supervise(proot_pid: int, filt_r: int | None, reports: _Reports, container: int | None = None) -> int:
+    """Wait for the command, end the rest, and return the command's exit code as docker gives it.
+
+    CONTAINER (exec): a pidfd of the container's command; when it ends, this command's tracees go too.
+    """
     messages = ProotMessages()
     verbose = filt_r is not None
     poller = select.poll()
@@ -508,6 +619,8 @@ def _supervise(proot_pid: int, filt_r: int | None, reports: _Reports) -> int:
     poller.register(proot_fd, select.POLLIN)
     if filt_r is not None:
         poller.register(filt_r, select.POLLIN)
+    if container is not None:
+        poller.register(container, select.POLLIN)
     main: int | None = None
     main_fd: int | None = None
     main_gone = False
@@ -557,6 +670,10 @@ def _supervise(proot_pid: int, filt_r: int | None, reports: _Reports) -> int:
                 os.close(fd)
                 main_fd = None
                 main_gone = True
+            elif fd == container:
+                poller.unregister(fd)
+                container = None
+                main_gone = True          # the container ended: so does what was exec'd in it
             elif fd == proot_fd:
                 poller.unregister(fd)
                 os.close(fd)

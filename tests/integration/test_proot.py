@@ -232,3 +232,32 @@ def test_init_reaps_in_proot_mode_too(images: tuple[Cli, dict[str, str]]) -> Non
     out, err = proot_run(cli, "--init", names["busybox"], "sh", "-c", "tr '\\0' ' ' < /proc/$PPID/cmdline; exit 6",
                          code=6)
     assert out.startswith("/dev/init -s -- sh -c") and "WARN" not in err
+
+
+def test_exec_runs_another_proot_over_the_same_root(images: tuple[Cli, dict[str, str]]) -> None:
+    cli, names = images
+    env = {**os.environ, **cli.env, "ROOTLESS_RUNTIME": "proot"}
+
+    def rootless(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cli.argv(*args), env=env, capture_output=True, text=True, timeout=120, input=input)
+
+    assert rootless("run", "-d", "--name", "px", "--network", "host", names["busybox"], "sh", "-c",
+                    "echo seen > /made-by-run; sleep 60").returncode == 0
+    deadline = time.monotonic() + 10
+    while rootless("exec", "px", "cat", "/made-by-run").stdout != "seen\n" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    done = rootless("exec", "-u", "app", "-w", "/tmp", "-e", "A=b", "px", "sh", "-c",
+                    "id -u; pwd; echo $A; cat /etc/hostname; exit 9")
+    assert done.returncode == 9, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["1000", "/tmp", "b"] and len(lines[3]) == 12 and done.stderr == ""
+    assert rootless("exec", "-i", "px", "cat", input="piped\n").stdout == "piped\n"
+    missing = rootless("exec", "px", "nothere")
+    assert missing.returncode == 127 and "executable file not found in $PATH" in missing.stderr
+    # What was exec'd ends with the container, as docker's does with its pid namespace.
+    waiting = subprocess.Popen(cli.argv("exec", "px", "sleep", "50"), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert rootless("kill", "px").returncode == 0
+    assert waiting.wait(timeout=20) == 137
+    assert rootless("rm", "px").returncode == 0
