@@ -30,6 +30,8 @@ import stat
 import struct
 import sys
 import termios
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -352,8 +354,13 @@ class LogWriter:
     def __init__(self, path: str | None) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600) if path else -1
         self.partial: dict[str, bytes] = {}
+        self._lock = threading.Lock()   # stdout and stderr are pumped by threads of their own
 
     def write(self, stream: str, data: bytes) -> None:
+        with self._lock:
+            self._write(stream, data)
+
+    def _write(self, stream: str, data: bytes) -> None:
         if self.fd < 0:
             return
         text = self.partial.pop(stream, b"") + data
@@ -367,6 +374,10 @@ class LogWriter:
         self._emit(stream, [line + b"\n" for line in lines])
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         for stream, rest in list(self.partial.items()):
             self._emit(stream, [rest])
         self.partial.clear()
@@ -390,35 +401,31 @@ def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], lo
 
     status = 0
     logger = LogWriter(log_path)
+    # The output is pumped by threads of their own, never by the thread serving FUSE: a
+    # container's `cat FILE` splices FILE's page-cache pages into the pipe, and reading
+    # such a page waits until it is filled, which is this daemon's job. Read in the
+    # serving thread, that wait would never end.
+    pumps = [threading.Thread(target=_pump, args=(fd, name, outputs[index] if outputs else None, logger),
+                              name=f"pump-{name}", daemon=True) for index, (fd, name) in enumerate(streams)]
+    for thread in pumps:
+        thread.start()
+
+    def pumped(timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in pumps:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            pumped = trio.Event()
-
-            async def pump_all() -> None:
-                async with trio.open_nursery() as pumps:
-                    for index, (fd, name) in enumerate(streams):
-                        pumps.start_soon(pump, fd, name, outputs[index] if outputs else None)
-                    if tty_receiver is not None:
-                        pumps.start_soon(pump_tty, tty_receiver)
-                pumped.set()
-
-            async def pump(fd: int, name: str, out: int | None) -> None:
-                async with trio.lowlevel.FdStream(fd) as stream:
-                    try:
-                        while data := await stream.receive_some(65536):
-                            logger.write(name, data)
-                            if out is not None:
-                                await trio.to_thread.run_sync(write_all, out, data)
-                    except (OSError, trio.BrokenResourceError):
-                        pass   # a pty master reads EIO once the container side is closed
-
             async def pump_tty(sock_fd: int) -> None:
                 with socket.socket(fileno=sock_fd) as sock:
                     await trio.lowlevel.wait_readable(sock)
                     master = receive_fd(sock)
                 if master is not None:
-                    await pump(master, "stdout", None)
+                    thread = threading.Thread(target=_pump, args=(master, "stdout", None, logger),
+                                              name="pump-tty", daemon=True)
+                    pumps.append(thread)
+                    thread.start()
 
             async def reap() -> None:
                 nonlocal status
@@ -431,8 +438,7 @@ def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], lo
                         async for _ in signals:
                             break
                 # What init wrote before it exited is still in the pipes: let the pumps finish.
-                with trio.move_on_after(5):
-                    await pumped.wait()
+                await trio.to_thread.run_sync(pumped, 5.0)
                 pyfuse3.terminate()
 
             async def flush() -> None:
@@ -440,7 +446,8 @@ def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], lo
                     await trio.sleep(0.5)
                     fs.flush_metadata()  # type: ignore[attr-defined]
 
-            nursery.start_soon(pump_all)
+            if tty_receiver is not None:
+                nursery.start_soon(pump_tty, tty_receiver)
             nursery.start_soon(reap)
             nursery.start_soon(flush)
             await pyfuse3.main(min_tasks=1, max_tasks=1)
@@ -456,6 +463,19 @@ def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], lo
             log.exception("closing the container's union failed")
         pyfuse3.close(unmount=True)
     return exit_code(status)
+
+
+def _pump(fd: int, name: str, out: int | None, logger: LogWriter) -> None:
+    """Copy the container's stream FD into the log (and to OUT, the caller's, when attached)."""
+    try:
+        while data := os.read(fd, 65536):
+            logger.write(name, data)
+            if out is not None:
+                write_all(out, data)
+    except OSError:
+        pass   # a pty master reads EIO once the container side is closed
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
