@@ -441,6 +441,33 @@ class ChRun(Engine):
         self.remove(list(self.boxes))
 
 
+@dataclass(frozen=True)
+class Load:
+    """How busy the host is: the 1-minute load average, and the processes in uninterruptible
+    sleep (a hung FUSE request, say), which count in it without taking any CPU."""
+
+    average: float
+    blocked: int
+
+    @classmethod
+    def now(cls) -> Load:
+        blocked = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("procs_blocked "):
+                blocked = int(line.split()[1])
+        return cls(os.getloadavg()[0], blocked)
+
+
+def load_line(load: tuple[Load, Load]) -> str:
+    start, end = load
+    return (f"load average {start.average:.2f} at the start, {end.average:.2f} at the end, of which "
+            f"{start.blocked} and {end.blocked} blocked processes; {os.cpu_count()} CPUs")
+
+
+def size(n: int | None) -> str:
+    return human(n) if n is not None else "?"
+
+
 def tail(text: str, lines: int = 3) -> str:
     return " | ".join(text.strip().splitlines()[-lines:])
 
@@ -479,9 +506,8 @@ def time_rows(runner: Runner, rows: list[Row], tries: int, what: str) -> None:
         log(f"  {what}: round {n}/{tries} done" + (" (warm-up)" if n == 0 else ""))
 
 
-def latency_table(title: str, results: dict[str, list[Row]], load: tuple[float, float]) -> str:
-    lines = [f"\n== {title} ==", f"load average {load[0]:.2f} at the start, {load[1]:.2f} at the end; "
-             f"{os.cpu_count()} CPUs"]
+def latency_table(title: str, results: dict[str, list[Row]], load: tuple[Load, Load]) -> str:
+    lines = [f"\n== {title} ==", load_line(load)]
     hdr = f"{'image':<18}{'contender':<20}{'network':<24}{'median':>8}{'min':>8}{'max':>8}{'vs podman':>11}"
     lines += [hdr, "-" * len(hdr)]
     for image, rows in results.items():
@@ -576,7 +602,7 @@ class Bench:
                     e.remove(["bench-idle"])
                 shown = e.default_network if mode == DEFAULT else mode
                 out.append(Idle(e.name, shown, mode if e.name != "ch-run" else HOST, mem))
-                log(f"  idle {e.name} {shown}: {mem.describe()}, PSS {human(mem.pss or 0)}")
+                log(f"  idle {e.name} {shown}: {mem.describe()}, PSS {size(mem.pss)}")
         return out
 
     def pause(self) -> tuple[int, int | None, int | None] | None:
@@ -641,10 +667,10 @@ class Bench:
         return CachePoint(fincore(backing), mounts, grown)
 
 
-def ten_table(image: str, ten: dict[str, Ten], load: tuple[float, float]) -> str:
+def ten_table(image: str, ten: dict[str, Ten], load: tuple[Load, Load]) -> str:
     names = list(ten)
     lines = [f"\n== {TEN} idle containers of {image} (network host; sync + drop_caches first) ==",
-             f"load average {load[0]:.2f} at the start, {load[1]:.2f} at the end"]
+             load_line(load)]
     hdr = f"{'':<46}" + "".join(f"{n:>14}" for n in names)
     lines += [hdr, "-" * len(hdr)]
 
@@ -694,9 +720,6 @@ def idle_table(image: str, rows: list[Idle], pause: tuple[int, int | None, int |
            f"{'PSS vs podman':>15}")
     lines += [hdr, "-" * len(hdr)]
     podman = {r.kind: r.memory.pss for r in rows if r.contender == "podman"}
-
-    def size(n: int | None) -> str:
-        return human(n) if n is not None else "?"
 
     for r in rows:
         base, pss = podman.get(r.kind), r.memory.pss
@@ -794,7 +817,7 @@ def bench(a: argparse.Namespace) -> int:
     runroot = Path(tempfile.mkdtemp(prefix="br.", dir="/tmp"))   # podman's sockets: the path must be short
     paths = (str(top).encode(), str(runroot).encode())
     engines: list[Engine] = []
-    loads: dict[str, tuple[float, float]] = {}
+    loads: dict[str, tuple[Load, Load]] = {}
     try:
         os.chmod(top, 0o755)
         user.mkdir(runroot, 0o700)
@@ -840,17 +863,17 @@ def bench(a: argparse.Namespace) -> int:
             report: dict[str, object] = {}
             tables = []
 
-            load0 = os.getloadavg()[0]
+            load0 = Load.now()
             start = b.start(plain_env)
-            loads["start"] = (load0, os.getloadavg()[0])
+            loads["start"] = (load0, Load.now())
             tables.append(latency_table(f"run --rm IMAGE true: median of {a.tries} after one warm-up, page cache warm",
                                         start, loads["start"]))
             print(tables[-1], flush=True)
             report["start"] = {image: [asdict(r) | {"median": r.median} for r in rows] for image, rows in start.items()}
 
-            load0 = os.getloadavg()[0]
+            load0 = Load.now()
             execs = b.exec()
-            loads["exec"] = (load0, os.getloadavg()[0])
+            loads["exec"] = (load0, Load.now())
             tables.append(latency_table(f"exec NAME true into a running container: median of {a.tries} after one "
                                         "warm-up", execs, loads["exec"]))
             print(tables[-1], flush=True)
@@ -867,9 +890,9 @@ def bench(a: argparse.Namespace) -> int:
             if not a.quick and root:
                 usr = Path(chdirs["debian"]) / "usr"
                 usr_files = [f[len(chdirs["debian"]):] for f in files_under(usr)]
-                load0 = os.getloadavg()[0]
+                load0 = Load.now()
                 ten = b.ten("debian", usr_files)
-                loads["ten"] = (load0, os.getloadavg()[0])
+                loads["ten"] = (load0, Load.now())
                 tables.append(ten_table(IMAGES["debian"], ten, loads["ten"]))
                 print(tables[-1], flush=True)
                 report["ten"] = {"image": IMAGES["debian"], "usr_files": len(usr_files),
@@ -878,7 +901,8 @@ def bench(a: argparse.Namespace) -> int:
             if a.json:
                 out = {"config": {k: v for k, v in vars(a).items()},
                        "host": {"uname": os.uname().release, "cpus": os.cpu_count(), "user": user.name,
-                                "workdir": str(work), "fs_warning": warning, "load": loads},
+                                "workdir": str(work), "fs_warning": warning,
+                                "load": {k: [asdict(x) for x in v] for k, v in loads.items()}},
                        "engines": {e.name: {"command": e.base(), "default_network": e.default_network,
                                             "problem": e.problem} for e in engines},
                        "images": {lay.ref: {"manifest_digest": lay.manifest_digest, "layers": [vars(x) for x in lay.layers]}
