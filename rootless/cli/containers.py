@@ -152,7 +152,7 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
 def _start(app: App, container: Container, *, detach: bool, interactive: bool, remove: bool) -> int:
     """Start CONTAINER from its record; attached, wait and return its exit code."""
     from ..runtime import idmap, launch, network, spec
-    from ..runtime.containers import mark_exited, mark_running
+    from ..runtime.containers import mark_exited, mark_running, mark_starting
     from ..runtime.volumes import Mount
 
     saved = container.record["Launch"]
@@ -196,6 +196,7 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
         job.tty_socket, job.tty_receiver, job.winsize = pair[1].fileno(), pair[0].fileno(), terminal_size()
     sys.stdout.flush()
     sys.stderr.flush()
+    mark_starting(container)
     started = launch.start(job)
     master = None
     if pair is not None:
@@ -210,8 +211,8 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
             _remove_container(app, container)
         return started.error.code
     if started.init_pid:
-        container.record["NetworkSettings"] = network.settings(str(container.dir)) if plan else {}
-        mark_running(container, started.init_pid, started.helper_pid)
+        mark_running(container, started.init_pid, started.helper_pid,
+                     NetworkSettings=network.settings(str(container.dir)) if plan else {})
     if detach:
         click.echo(container.id)
         return 0

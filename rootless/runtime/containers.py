@@ -219,21 +219,63 @@ def status_of(container: Container) -> str:
     return str(state.get("Status", "created"))
 
 
-def mark_running(container: Container, pid: int, helper_pid: int) -> None:
-    container.record["State"].update(Status="running", Running=True, Pid=pid, HelperPid=helper_pid,
-                                     StartedAt=now(), FinishedAt="0001-01-01T00:00:00Z", ExitCode=0,
-                                     BootId=boot_id(), StartTicks=process_start_time(pid))
-    container.save()
+@contextmanager
+def _state_lock(container: Container) -> Iterator[bool]:
+    """Hold the container's state lock; yields False where the container is gone (an --rm that ended)."""
+    try:
+        fd = os.open(container.dir / ".state.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield (container.dir / "config.json").exists()
+    finally:
+        os.close(fd)
 
 
-def mark_exited(container: Container, code: int) -> None:
-    """Record the end; re-read first, so that what another process wrote meanwhile is kept."""
+def _reload(container: Container) -> None:
     try:
         container.record = json.loads((container.dir / "config.json").read_bytes())
     except (OSError, ValueError):
         pass
-    container.record["State"].update(Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=now())
-    container.save()
+
+
+def mark_starting(container: Container) -> None:
+    """Before the launch: the start time that the helper's exit record and ours are told apart by."""
+    with _state_lock(container) as present:
+        if present:
+            _reload(container)
+            container.record["State"].update(Status="created", Running=False, Pid=0, StartedAt=now(),
+                                             FinishedAt="0001-01-01T00:00:00Z", ExitCode=0)
+            container.save()
+
+
+def mark_running(container: Container, pid: int, helper_pid: int, **fields: Any) -> None:
+    """After the launch: running with init PID, unless the helper has already recorded the end
+    (a quick command, maybe an --rm container already removed)."""
+    with _state_lock(container) as present:
+        if not present:
+            return
+        started = container.record["State"].get("StartedAt")
+        _reload(container)
+        state = container.record["State"]
+        if state.get("Status") == "exited" and state.get("StartedAt") == started:
+            return
+        container.record.update(fields)
+        state.update(Status="running", Running=True, Pid=pid, HelperPid=helper_pid, ExitCode=0,
+                     BootId=boot_id(), StartTicks=process_start_time(pid))
+        container.save()
+
+
+def mark_exited(container: Container, code: int) -> None:
+    """Record the end (in the helper); under the lock, re-read first so that nothing is lost."""
+    with _state_lock(container) as present:
+        if not present:
+            return
+        _reload(container)
+        container.record["State"].update(Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=now())
+        container.save()
 
 
 def inspect_doc(container: Container) -> dict[str, Any]:
