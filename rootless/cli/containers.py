@@ -347,13 +347,14 @@ def _signal_number(name: str) -> int:
 
 
 def _wait_exit(c: Container, timeout: float | None) -> bool:
+    """Wait until C has exited and its helper has recorded how (or is gone without doing so)."""
     import time
 
-    from ..runtime.containers import is_running
+    from ..runtime.containers import has_ended
 
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.005
-    while is_running(c):
+    while not has_ended(c):
         if deadline is not None and time.monotonic() >= deadline:
             return False
         time.sleep(delay)

@@ -210,6 +210,28 @@ def is_running(container: Container) -> bool:
     return started is not None and started == state.get("StartTicks")
 
 
+def has_ended(container: Container) -> bool:
+    """The container's init has exited and the exit is recorded, or nobody is left to record it.
+
+    init's end alone is not enough: its helper writes the exit code a moment later, and
+    ``wait`` must print that code, not the one of the running record.
+    """
+    _reload(container)
+    state = container.record.get("State", {})
+    if not state.get("Running"):
+        return True
+    if is_running(container):
+        return False
+    helper = int(state.get("HelperPid") or 0)
+    try:
+        os.kill(helper, 0) if helper > 0 else None
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return True
+    return helper <= 0
+
+
 def status_of(container: Container) -> str:
     state = container.record.get("State", {})
     if is_running(container):
