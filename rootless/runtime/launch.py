@@ -307,7 +307,18 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
     middle = os.fork()
     if middle == 0:
         _run_child(report, middle_process)
-    pid = middle
+    return serve_container(launch, fs, middle, (out_r, out_w, err_r, err_w), report_w, closed_report)
+
+
+def serve_container(launch: Launch, fs: object, child: int, pipes: tuple[int, int, int, int], report_w: int,
+                    closed_report: list[bool]) -> int:
+    """The helper's part once the container's first process is forked: serve its root over FUSE
+    and pump its output until CHILD exits, then record the end; returns the exit code.
+
+    PIPES are (out_r, out_w, err_r, err_w); the write ends and REPORT_W belong to the child now.
+    The proot fallback's helper ends the same way.
+    """
+    out_r, out_w, err_r, err_w = pipes
     if launch.tty_socket is not None:
         os.close(launch.tty_socket)
     os.close(report_w)
@@ -326,7 +337,7 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
         os.dup2(null, 1)
         os.close(null)
     receiver = launch.tty_receiver if launch.detach else None
-    code = _serve_until_exit(fs, pid, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs, receiver)
+    code = _serve_until_exit(fs, child, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs, receiver)
     network.teardown(launch.net_link)   # neither daemon stops by itself when the namespace goes
     if launch.on_exit is not None:
         try:

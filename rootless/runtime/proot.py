@@ -150,31 +150,7 @@ def _helper(launch: Launch, report_w: int, closed_report: list[bool]) -> int:
             reports.error(f"internal error: {e!r}\n{traceback.format_exc()}", 125)
         finally:
             os._exit(code)
-    if launch.tty_socket is not None:
-        os.close(launch.tty_socket)
-    os.close(report_w)
-    closed_report[0] = True
-    os.close(out_w)
-    os.close(err_w)
-    outputs = None if launch.detach else (os.dup(1), os.dup(2))
-    if launch.fuse_log:
-        fd = os.open(launch.fuse_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(fd, 2)
-        os.close(fd)
-    if launch.detach:
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.close(null)
-    receiver = launch.tty_receiver if launch.detach else None
-    code = _launch._serve_until_exit(fs, keeper, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs,
-                                     receiver)
-    if launch.on_exit is not None:
-        try:
-            launch.on_exit(code)
-        except Exception:  # noqa: BLE001
-            _launch.log.exception("recording the container's exit failed")
-    return code
+    return _launch.serve_container(launch, fs, keeper, (out_r, out_w, err_r, err_w), report_w, closed_report)
 
 
 def _unmount_stale(path: str) -> None:
