@@ -36,6 +36,7 @@ import importlib.util
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import ssl
@@ -131,7 +132,7 @@ class Runner:
             self.current = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                             cwd="/", start_new_session=True)
             try:
-                rc = self.current.wait(timeout)
+                rc = wait_exactly(self.current, timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
                 rc = 124
@@ -155,6 +156,18 @@ class Runner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def wait_exactly(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Popen.wait(timeout) polls with sleeps that grow to 50 ms, which rounds short commands' times
+    up to the next poll; a pidfd wakes us the moment the process ends."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 def drop_caches() -> None:
