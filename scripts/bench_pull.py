@@ -238,6 +238,11 @@ def rootless_bin() -> str:
     return _ROOTLESS[0]
 
 
+def use_rootless(spec: str) -> None:
+    """Make SPEC (a path, or a name looked up in PATH) the rootless command the contenders run."""
+    _ROOTLESS[0] = str(Path(spec).resolve()) if os.sep in spec else (shutil.which(spec) or spec)
+
+
 def podman_command(store: Path, runroot: Path) -> list[str]:
     """Rootless podman on STORE: the overlay driver with fuse-overlayfs as mount_program, no systemd."""
     return ["podman", "--root", str(store), "--runroot", str(runroot), "--storage-driver", "overlay",
@@ -579,7 +584,7 @@ def resolve_user(a: argparse.Namespace) -> User:
 
 def bench(a: argparse.Namespace) -> int:
     user = resolve_user(a)
-    _ROOTLESS[0] = str(Path(a.rootless).resolve()) if os.sep in a.rootless else (shutil.which(a.rootless) or a.rootless)
+    use_rootless(a.rootless)
     helper = load_registry_helper()
     if not os.access(helper.REGISTRY_BIN, os.X_OK):
         log(f"{helper.REGISTRY_BIN} is missing (as root: apt-get install docker-registry)")
