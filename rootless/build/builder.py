@@ -15,12 +15,14 @@ Library code: the output goes to the ``out`` it is given, errors are raised.
 from __future__ import annotations
 
 import copy as copymod
+import dataclasses
 import json
 import os
 import platform
 import posixpath
 import shutil
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,8 +33,10 @@ from ..errors import ImageNotFound, RootlessError
 from ..image import manifest as mf
 from ..image.local import StoredLayer, config_bytes
 from . import cache as cachemod
-from .instructions import BuildError, Step, load
-from .instructions import triggers as load_triggers
+from . import ignore
+from .instructions import BuildError, arg_text, arguments, error, healthcheck_config, trigger
+from .parser import (Add, Arg, Cmd, Copy, Dockerfile, Entrypoint, Env, Expose, From, Healthcheck, Instruction,
+                     Label, Maintainer, Onbuild, Run, Shell, Stopsignal, User, Volume, Workdir, parse)
 
 if TYPE_CHECKING:
     from ..image.store import ImageRecord, Store
@@ -43,9 +47,9 @@ DEFAULT_SHELL = ["/bin/sh", "-c"]
 #: docker's predefined build args: usable without an ARG line, never reported as unused
 PREDEFINED_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
                    "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
-#: instructions whose arguments get $VARIABLES replaced by the builder (RUN, CMD and
-#: ENTRYPOINT are left to the container's shell)
-EXPANDED = ("ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR", "ARG")
+#: where a RUN <<EOF script that starts with #! is put and run from, as BuildKit does (in the
+#: container's /dev tmpfs: it never reaches the step's layer)
+SCRIPTS_DIR = "/dev/pipes"
 
 
 class RunFailed(BuildError):
@@ -121,7 +125,7 @@ class Builder:
         self.stages: list[_Stage] = []
         self.global_args: dict[str, str | None] = {}   # the ARGs before the first FROM
         self.context = Path(".")
-        self.excluded: Callable[[str], bool] = lambda rel: False
+        self.rules = ignore.Matcher()
 
     def say(self, text: str) -> None:
         if not self.options.quiet:
@@ -130,53 +134,48 @@ class Builder:
 
     # -- the whole build -------------------------------------------------------------------------
 
-    def build(self, dockerfile: str, context: Path, dockerfile_name: str = "Dockerfile") -> ImageRecord:
-        """Build DOCKERFILE's text with CONTEXT (a directory) and store the result, tagged."""
-        steps = load(dockerfile, dockerfile_name)
+    def build(self, dockerfile: str, context: Path, dockerfile_name: str = "Dockerfile",
+              dockerfile_path: Path | None = None) -> ImageRecord:
+        """Build DOCKERFILE's text with CONTEXT (a directory) and store the result, tagged.
+
+        DOCKERFILE_PATH, where the text came from a file, may have its own ignore file
+        beside it (``NAME.dockerignore``), which docker prefers to the context's."""
+        parsed = parse(dockerfile, name=dockerfile_name)
         self.context = context
-        self.excluded = _ignore_matcher(context)
+        self.rules = ignore.load(context, dockerfile_path)
         with self.store.lease():
-            image = self._run_steps(steps)
+            image = self._run_steps(parsed)
             return self._store_final(image)
 
-    def _run_steps(self, steps: Sequence[Step]) -> Image:
-        global_args = self.global_args
-        first_from = next((i for i, s in enumerate(steps) if s.keyword == "FROM"), None)
-        if first_from is None:
-            raise BuildError("the Dockerfile has no FROM instruction", "start it with FROM IMAGE or FROM scratch")
-        for s in steps[:first_from]:
-            if s.keyword != "ARG":
-                raise BuildError(f"Dockerfile line {s.line}: {s.keyword} before the first FROM",
-                                 "only ARG may come before FROM")
-        end = len(steps)
+    def _run_steps(self, parsed: Dockerfile) -> Image:
+        stages = list(parsed.stages)
         if self.options.target:
-            names = [(i, (s.words()[2] if len(s.words()) >= 3 and s.words()[1].upper() == "AS" else None))
-                     for i, s in enumerate(steps) if s.keyword == "FROM"]
-            hit = next((i for i, (_, n) in enumerate(names) if n and n.lower() == self.options.target.lower()), None)
+            hit = parsed.stage(self.options.target)
             if hit is None:
                 raise BuildError(f"failed to reach build target {self.options.target} in Dockerfile",
                                  "name a stage of the Dockerfile (FROM ... AS NAME)")
-            end = names[hit + 1][0] if hit + 1 < len(names) else len(steps)
-        steps = steps[:end]
-        total = len(steps)
+            stages = stages[:hit.index + 1]
+        total = len(parsed.args) + sum(1 + len(st.instructions) for st in stages)
+        number = 0
+
+        def say_step(instr: Instruction) -> None:
+            nonlocal number
+            number += 1
+            self.say(f"Step {number}/{total} : {instr.original}")
+
+        for arg in parsed.args:
+            say_step(arg)
+            self._global_arg(arg)
         stage: _Stage | None = None
-        for number, s in enumerate(steps, 1):
-            self.say(f"Step {number}/{total} : {s.original}")
-            if stage is None and s.keyword == "ARG":
-                for name, default in self._arg_pairs(s, {k: v for k, v in global_args.items() if v is not None}):
-                    given = self.options.build_args.get(name)
-                    global_args[name] = given if given is not None else default
-                    if given is not None:
-                        self.used_args.add(name)
-                continue
-            if s.keyword == "FROM":
-                stage = self._from(s, {k: v for k, v in global_args.items() if v is not None}, global_args)
-                self.stages.append(stage)
-                continue
-            assert stage is not None
-            stage.image = self._step(stage, s)
-            self.say(f" ---> {_short(stage.image.id)}")
-        assert stage is not None
+        for st in stages:
+            say_step(st.base)
+            stage = self._from(st.base)
+            self.stages.append(stage)
+            for instr in st.instructions:
+                say_step(instr)
+                stage.image = self._step(stage, instr)
+                self.say(f" ---> {_short(stage.image.id)}")
+        assert stage is not None   # the parser refuses a Dockerfile without a stage
         unused = sorted(k for k in self.options.build_args if k not in self.used_args and k not in PREDEFINED_ARGS)
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed")
@@ -200,16 +199,14 @@ class Builder:
 
     # -- FROM ------------------------------------------------------------------------------------
 
-    def _from(self, s: Step, env: Mapping[str, str], global_args: Mapping[str, str | None]) -> _Stage:
-        words = s.expand_words(env)
-        if len(words) not in (1, 3) or (len(words) == 3 and words[1].upper() != "AS"):
-            raise BuildError(f"Dockerfile line {s.line}: FROM takes IMAGE [AS NAME]")
-        name = words[2] if len(words) == 3 else None
-        ref = words[0]
-        for used in global_args:
-            if f"${used}" in s.text or f"${{{used}" in s.text:
-                self.used_args.add(used)
-        earlier = next((st for st in self.stages if st.name and st.name.lower() == ref.lower()), None)
+    def _from(self, base: From) -> _Stage:
+        # FROM sees the global ARGs only, as docker scopes them
+        f = base.expand({k: v for k, v in self.global_args.items() if v is not None})
+        ref = f.image
+        if not ref:
+            raise error(base, f"base name ({base.image}) should not be blank",
+                        "give the image, or a default for the ARG it names")
+        earlier = next((st for st in self.stages if st.name and st.name == ref.lower()), None)
         if earlier is not None:
             image = Image(copymod.deepcopy(earlier.image.config), list(earlier.image.layers), earlier.image.id)
         elif ref.lower() == "scratch":
@@ -219,14 +216,14 @@ class Builder:
             image = self._base_image(ref)
         if image.id != "scratch":
             self.say(f" ---> {_short(image.id)}")
-        stage = _Stage(len(self.stages), name, image)
+        stage = _Stage(len(self.stages), f.name, image)
         triggers = list(image.cfg.get("OnBuild") or [])
         if triggers:
             image.cfg["OnBuild"] = None
             image = stage.image = Image(image.config, image.layers)
             self.say(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}")
-            for trigger in load_triggers([str(t) for t in triggers]):
-                stage.image = self._step(stage, trigger)
+            for text in triggers:
+                stage.image = self._step(stage, trigger(str(text), base.escape, ref))
                 self.say(f" ---> {_short(stage.image.id)}")
         return stage
 
@@ -252,23 +249,15 @@ class Builder:
             env[key] = value
         return env
 
-    def _step(self, stage: _Stage, s: Step) -> Image:
-        kind = s.keyword
-        if kind == "ARG":
-            return self._arg(stage, s)
-        env = self._env(stage)
-        if kind in EXPANDED:
-            self._note_args(stage, s.text)
-        if kind == "RUN":
-            return self._run(stage, s)
-        if kind in ("COPY", "ADD"):
-            return self._copy(stage, s, env)
-        return self._metadata(stage, s, env)
-
-    def _note_args(self, stage: _Stage, text: str) -> None:
-        for name in stage.args:
-            if f"${name}" in text or f"${{{name}" in text:
-                self.used_args.add(name)
+    def _step(self, stage: _Stage, instr: Instruction) -> Image:
+        if isinstance(instr, Arg):
+            return self._arg(stage, instr)
+        expanded = instr.expand(self._env(stage))
+        if isinstance(expanded, Run):
+            return self._run(stage, expanded)
+        if isinstance(expanded, (Copy, Add)):
+            return self._copy(stage, expanded)
+        return self._metadata(stage, expanded)
 
     def _cached(self, stage: _Stage, key: str) -> Image | None:
         if self.options.no_cache:
@@ -300,111 +289,103 @@ class Builder:
 
     # -- ARG -------------------------------------------------------------------------------------
 
-    def _arg_pairs(self, s: Step, env: Mapping[str, str]) -> list[tuple[str, str | None]]:
-        out: list[tuple[str, str | None]] = []
-        for word in s.expand_words(env):
-            name, sep, default = word.partition("=")
-            if not name:
-                raise BuildError(f"Dockerfile line {s.line}: ARG needs a name")
-            out.append((name, default if sep else None))
-        return out
+    def _declare(self, arg: Arg, scope: Callable[[], Mapping[str, str]],
+                 declare: Callable[[str, str | None], None]) -> None:
+        """Each of ARG's names given to DECLARE with its default, expanded in SCOPE as it is
+        after the names before it were declared (``ARG A=1 B=$A``)."""
+        for name, default in arg.args:
+            if default is not None:
+                default = dataclasses.replace(arg, args=((name, default),)).expand(scope()).args[0][1]
+            declare(name, default)
 
-    def _arg(self, stage: _Stage, s: Step) -> Image:
-        env = self._env(stage)
-        self._note_args(stage, s.text)
-        for name, default in self._arg_pairs(s, env):
+    def _global_arg(self, arg: Arg) -> None:
+        def declare(name: str, default: str | None) -> None:
             given = self.options.build_args.get(name)
-            if given is None and default is None:
-                given = self._global_default(name)
-            value = given if given is not None else default
+            if given is not None:
+                self.used_args.add(name)
+            self.global_args[name] = given if given is not None else default
+
+        self._declare(arg, lambda: {k: v for k, v in self.global_args.items() if v is not None}, declare)
+
+    def _arg(self, stage: _Stage, arg: Arg) -> Image:
+        def declare(name: str, default: str | None) -> None:
+            given = self.options.build_args.get(name)
             if name in self.options.build_args:
                 self.used_args.add(name)
+            if given is None and default is None:
+                given = self.global_args.get(name)   # ARG NAME in a stage takes the global ARG's value
+            value = given if given is not None else default
             if value is not None:
                 stage.args[name] = value
             else:
                 stage.args.pop(name, None)
+
+        self._declare(arg, lambda: self._env(stage), declare)
         # docker records ARG as an empty-layer history row too; its cache key is the instruction
-        key = cachemod.step_key(stage.image.id, "ARG " + s.text, stage.args)
+        text = arg_text(arg)
+        key = cachemod.step_key(stage.image.id, "ARG " + text, stage.args)
         hit = self._cached(stage, key)
         if hit is not None:
             return hit
-        config = self._next_config(stage, f"/bin/sh -c #(nop)  ARG {s.text}", empty=True)
+        config = self._next_config(stage, f"/bin/sh -c #(nop)  ARG {text}", empty=True)
         return self._commit(stage, key, config, stage.image.layers)
-
-    def _global_default(self, name: str) -> str | None:
-        return self.global_args.get(name)
 
     # -- the config instructions -----------------------------------------------------------------
 
-    def _metadata(self, stage: _Stage, s: Step, env: Mapping[str, str]) -> Image:
+    def _metadata(self, stage: _Stage, s: Instruction) -> Image:
+        """The instructions that change the config alone; S is already expanded."""
         kind = s.keyword
-        base = stage.image.cfg
-        cfg = copymod.deepcopy(base)
-        shown = s.text
+        cfg = copymod.deepcopy(stage.image.cfg)
+        shown = arguments(s)
         author: str | None = None
-        if kind == "ENV":
-            pairs = s.pairs(env)
+        if isinstance(s, Env):
             entries = [e for e in cfg.get("Env") or []]
-            for k, v in pairs:
+            for k, v in s.pairs:
                 entries = [e for e in entries if str(e).partition("=")[0] != k]
                 entries.append(f"{k}={v}")
             cfg["Env"] = entries
-            shown = " ".join(f"{k}={v}" for k, v in pairs)
-        elif kind == "LABEL":
-            pairs = s.pairs(env)
-            cfg["Labels"] = {**(cfg.get("Labels") or {}), **dict(pairs)}
-            shown = " ".join(f"{k}={v}" for k, v in pairs)
-        elif kind == "MAINTAINER":
-            author = s.text.strip()
-        elif kind == "WORKDIR":
-            path = s.expand_one(env)
-            cfg["WorkingDir"] = posixpath.normpath(posixpath.join(cfg.get("WorkingDir") or "/", path))
+            shown = " ".join(f"{k}={v}" for k, v in s.pairs)
+        elif isinstance(s, Label):
+            cfg["Labels"] = {**(cfg.get("Labels") or {}), **dict(s.pairs)}
+            shown = " ".join(f"{k}={v}" for k, v in s.pairs)
+        elif isinstance(s, Maintainer):
+            author = s.name
+        elif isinstance(s, Workdir):
+            cfg["WorkingDir"] = posixpath.normpath(posixpath.join(cfg.get("WorkingDir") or "/", s.path))
             shown = cfg["WorkingDir"]
-        elif kind == "USER":
-            cfg["User"] = s.expand_one(env)
-            shown = cfg["User"]
-        elif kind == "EXPOSE":
+        elif isinstance(s, User):
+            cfg["User"] = shown = s.user
+        elif isinstance(s, Expose):
             ports = dict(cfg.get("ExposedPorts") or {})
-            words = s.expand_words(env)
-            for word in words:
+            for word in s.ports:
                 port = word if "/" in word else word + "/tcp"
                 ports[port.lower()] = {}
             cfg["ExposedPorts"] = ports
-            shown = " ".join(words)
-        elif kind == "VOLUME":
-            paths = s.exec_form if s.exec_form is not None else s.expand_words(env)
-            if not paths or any(not p.strip() for p in paths):
-                raise BuildError(f"Dockerfile line {s.line}: VOLUME specified can not be an empty string")
+            shown = " ".join(s.ports)
+        elif isinstance(s, Volume):
+            paths = list(s.paths)
             cfg["Volumes"] = {**(cfg.get("Volumes") or {}), **{p: {} for p in paths}}
-            shown = json.dumps(paths) if s.exec_form is not None else " ".join(paths)
-        elif kind in ("CMD", "ENTRYPOINT"):
-            argv = s.exec_form if s.exec_form is not None else [*self._shell(stage), s.text]
+            shown = json.dumps(paths) if s.exec_form else " ".join(paths)
+        elif isinstance(s, (Cmd, Entrypoint)):
+            argv = s.argv(self._shell(stage))
             cfg["Cmd" if kind == "CMD" else "Entrypoint"] = argv
             if kind == "CMD":
                 stage.cmd_set = True
             elif not stage.cmd_set:
                 cfg.pop("Cmd", None)   # an ENTRYPOINT resets the CMD of the base image, as docker does
             shown = "[" + " ".join(json.dumps(a) for a in argv) + "]"
-        elif kind == "SHELL":
-            if s.exec_form is None:
-                raise BuildError(f"Dockerfile line {s.line}: SHELL requires the arguments to be in JSON form",
-                                 'write SHELL ["/bin/bash", "-c"]')
-            cfg["Shell"] = s.exec_form
-            shown = "[" + " ".join(json.dumps(a) for a in s.exec_form) + "]"
-        elif kind == "STOPSIGNAL":
-            cfg["StopSignal"] = s.expand_one(env)
-            shown = cfg["StopSignal"]
-        elif kind == "HEALTHCHECK":
-            cfg["Healthcheck"] = _healthcheck(s)
-        elif kind == "ONBUILD":
-            trigger = s.text.strip()
-            first = trigger.split(None, 1)[0].upper() if trigger else ""
-            if first in ("ONBUILD", "FROM", "MAINTAINER"):
-                raise BuildError(f"Dockerfile line {s.line}: {first} isn't allowed as an ONBUILD trigger")
-            cfg["OnBuild"] = [*(cfg.get("OnBuild") or []), trigger]
-        else:
-            raise BuildError(f"Dockerfile line {s.line}: unknown instruction: {kind}",
-                             "see the Dockerfile reference for the instructions docker knows")
+        elif isinstance(s, Shell):
+            cfg["Shell"] = list(s.command)
+            shown = "[" + " ".join(json.dumps(a) for a in s.command) + "]"
+        elif isinstance(s, Stopsignal):
+            cfg["StopSignal"] = shown = s.signal
+        elif isinstance(s, Healthcheck):
+            cfg["Healthcheck"] = healthcheck_config(s)
+        elif isinstance(s, Onbuild):
+            cfg["OnBuild"] = [*(cfg.get("OnBuild") or []), s.trigger]
+            shown = s.trigger
+        else:   # FROM as an ONBUILD trigger some other builder recorded
+            raise error(s, f"{kind} isn't allowed as an ONBUILD trigger")
         sep = " " if kind == "WORKDIR" else "  "
         created_by = f"/bin/sh -c #(nop){sep}{kind} {shown}"
         key = cachemod.step_key(stage.image.id, created_by, stage.args)
@@ -422,15 +403,26 @@ class Builder:
 
     # -- RUN -------------------------------------------------------------------------------------
 
-    def _run(self, stage: _Stage, s: Step) -> Image:
-        argv = list(s.exec_form) if s.exec_form is not None else [*self._shell(stage), s.text]
+    def _run(self, stage: _Stage, s: Run) -> Image:
+        network = self._run_network(s)
+        shell = self._shell(stage)
+        whole = s.argv(shell)   # what the shell runs; a heredoc's content included
+        argv, files = whole, {}
+        script = s.script()
+        if script is not None and script.content.startswith("#!"):
+            # docker runs a lone #! heredoc as the program it names, not through the SHELL
+            path = posixpath.join(SCRIPTS_DIR, script.name)
+            argv, files = [path], {path: script.content}
         cfg = stage.image.cfg
         env_keys = {str(e).partition("=")[0] for e in cfg.get("Env") or []}
         arg_env = {k: v for k, v in stage.args.items() if k not in env_keys}
         self.used_args.update(stage.args)
         prefix = f"|{len(arg_env)} " + " ".join(f"{k}={v}" for k, v in sorted(arg_env.items())) + " " if arg_env else ""
-        created_by = prefix + " ".join(argv)
-        key = cachemod.step_key(stage.image.id, "RUN " + json.dumps(argv), arg_env)
+        created_by = prefix + " ".join(whole)
+        described = json.dumps(argv) if not files else json.dumps([argv, files])
+        if network != "host":
+            described += " --network=" + network
+        key = cachemod.step_key(stage.image.id, "RUN " + described, arg_env)
         hit = self._cached(stage, key)
         if hit is not None:
             return hit
@@ -440,14 +432,35 @@ class Builder:
 
             env.insert(0, f"PATH={DEFAULT_PATH}")
         layer = self._run_container(stage.image, argv, env, str(cfg.get("WorkingDir") or "/"),
-                                    str(cfg.get("User") or ""), " ".join(argv))
+                                    str(cfg.get("User") or ""), " ".join(whole), files=files, network=network)
         config = self._next_config(stage, created_by, empty=False)
         return self._commit(stage, key, config, [*stage.image.layers, layer])
 
+    @staticmethod
+    def _run_network(s: Run) -> str:
+        """RUN's network: the host's (docker's default for builds), or none with --network=none.
+        The other BuildKit flags change what a RUN can see, so they are refused, not ignored."""
+        if s.mounts:
+            raise error(s, "RUN --mount is not supported by this builder yet",
+                        "COPY what the command needs into the image first")
+        if s.devices:
+            raise error(s, "RUN --device is not supported by this builder")
+        if s.security not in (None, "sandbox"):
+            raise error(s, f"RUN --security={s.security} is not supported by this builder",
+                        "a rootless build cannot grant more than the user has")
+        if s.network in (None, "default", "host"):
+            return "host"
+        if s.network == "none":
+            return "none"
+        raise error(s, f"unsupported network mode {s.network!r} for RUN", "write --network=default, host or none")
+
     def _run_container(self, image: Image, argv: list[str], env: list[str], cwd: str, user: str,
-                       shown: str) -> StoredLayer:
+                       shown: str, *, files: Mapping[str, str] | None = None, network: str = "host") -> StoredLayer:
+        """Run ARGV in a container of IMAGE; its changes are the layer.  FILES (path in the
+        container -> content) are bound in read-only, executable, from outside the layer."""
         from ..image.local import stage_dir
-        from ..runtime import launch, network
+        from ..runtime import launch
+        from ..runtime import network as netmod
         from ..runtime.commit import changes, run_on_layers, write_layer
         from ..runtime.rootfs import ContainerFS
         from ..runtime.spec import ProcessSpec
@@ -456,7 +469,7 @@ class Builder:
         container = self.containers.create(None, {
             "Image": image.id if image.id != "scratch" else "", "Path": argv[0], "Args": argv[1:],
             "Config": {"Image": _short(image.id), "Cmd": argv, "Env": env, "WorkingDir": cwd, "User": user},
-            "HostConfig": {"NetworkMode": "host"},
+            "HostConfig": {"NetworkMode": network},
             "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0,
                       "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
             "Layers": diff_ids, "IdMap": {"Subids": self.options.use_subids}, "Builder": True})
@@ -464,8 +477,8 @@ class Builder:
         try:
             self.say(f" ---> Running in {container.id[:12]}")
             hostname = container.id[:12]
-            etc = {"/etc/hosts": network.hosts_text("host", hostname), "/etc/hostname": hostname + "\n"}
-            resolv = network.resolv_text("host")
+            etc = {"/etc/hosts": netmod.hosts_text(network, hostname), "/etc/hostname": hostname + "\n"}
+            resolv = netmod.resolv_text(network)
             if resolv is not None:
                 etc["/etc/resolv.conf"] = resolv
             etc_files = {}
@@ -473,11 +486,16 @@ class Builder:
                 path = container.dir / os.path.basename(target)
                 path.write_text(text)
                 etc_files[target] = str(path)
+            for index, (target, text) in enumerate((files or {}).items()):
+                path = container.dir / f"inline-{index}"
+                path.write_text(text)
+                path.chmod(0o755)
+                etc_files[target] = str(path)
             job = launch.Launch(rootfs=str(container.rootfs),
                                 lowers=[str(self.store.layer_path(d)) for d in reversed(diff_ids)],
                                 upper=str(container.upper), work=str(container.work),
                                 process=ProcessSpec(tuple(argv), tuple(env), cwd, user), ids=self.ids,
-                                hostname=hostname, etc_files=etc_files, network="host",
+                                hostname=hostname, etc_files=etc_files, network=network,
                                 fuse_log=str(container.dir / "fusefs.log"))
             code = self._start_and_wait(job)
             if code != 0:
@@ -536,62 +554,72 @@ class Builder:
 
     # -- COPY and ADD ----------------------------------------------------------------------------
 
-    def _copy(self, stage: _Stage, s: Step, env: Mapping[str, str]) -> Image:
-        from .copying import CopyJob, context_sources
+    def _copy(self, stage: _Stage, s: Copy | Add) -> Image:
+        """COPY and ADD, S already expanded: context (or stage) paths, then heredocs as files."""
+        from .copying import CopyJob, InlineTree, context_sources
 
         kind = s.keyword
-        allowed = {"chown", "chmod", "from"} if kind == "COPY" else {"chown", "chmod"}
-        for flag in s.flags:
-            if flag not in allowed:
-                raise BuildError(f"Dockerfile line {s.line}: unknown flag: --{flag} for {kind}")
-        words = s.exec_form if s.exec_form is not None else s.expand_words(env)
-        if len(words) < 2:
-            raise BuildError(f"{kind} requires at least two arguments, but only one was provided. "
-                             "Destination could not be determined.")
-        *srcs, dest = words
-        chown = s.flag("chown", env)
-        chmod_text = s.flag("chmod", env)
+        if s.exclude:
+            raise error(s, f"{kind} --exclude is not supported by this builder yet",
+                        "list what to leave out in .dockerignore")
+        if isinstance(s, Copy) and s.parents:
+            raise error(s, "COPY --parents is not supported by this builder yet", "COPY each directory to its place")
+        if isinstance(s, Add) and (s.checksum or s.keep_git_dir):
+            raise error(s, f"ADD --{'checksum' if s.checksum else 'keep-git-dir'} is for remote sources, which "
+                        "this builder does not support yet",
+                        "download the file into the build context and ADD or COPY it from there")
+        # --link is accepted: it changes how BuildKit may rebase the layer, not what it holds.
+        srcs, dest = list(s.sources), s.dest
         chmod = None
-        if chmod_text:
+        if s.chmod:
             try:
-                chmod = int(chmod_text, 8)
+                chmod = int(s.chmod, 8)
             except ValueError:
-                raise BuildError(f"invalid chmod parameter {chmod_text}", "give octal permission bits, e.g. 0755") from None
-        source_from = s.flag("from", env)
+                raise error(s, f"invalid chmod parameter {s.chmod}", "give octal permission bits, e.g. 0755") from None
         for src in srcs:
-            if kind == "ADD" and src.startswith(("http://", "https://")):
+            if isinstance(s, Add) and src.startswith(("http://", "https://")):
                 raise BuildError(f"ADD {src}: downloading URLs is not supported yet",
                                  "download the file into the build context and ADD or COPY it from there")
+        source_from = s.from_ if isinstance(s, Copy) else None
+        inline = {h.name: h.content.encode() for h in s.heredocs}
         workdir = str(stage.image.cfg.get("WorkingDir") or "/")
         lowers_from: tuple[bytes, ...] | None = None
-        if source_from:
+        hashes: list[str] = []
+        count, first_is_dir = 0, False
+        if srcs and source_from:
             other = next((st for st in self.stages if st is not stage and
-                          (st.name or "").lower() == source_from.lower() or str(st.index) == source_from), None)
-            if other is not None:
-                src_image = other.image
-            else:
-                src_image = self._base_image(source_from)
+                          ((st.name or "") == source_from.lower() or str(st.index) == source_from)), None)
+            src_image = other.image if other is not None else self._base_image(source_from)
             lowers_from = tuple(os.fsencode(str(self.store.layer_path(layer.diff_id)))
                                 for layer in reversed(src_image.layers))
-            sources_hash = cachemod.step_key(src_image.id, json.dumps(srcs), {})
-            label = "multi" if len(srcs) > 1 else "dir"
-        else:
-            found = context_sources(self.context, srcs, self.excluded, kind)
-            sources_hash = cachemod.hash_tree(found.tree, [rel for rel, _ in found.items],
-                                              [rel for rel, _ in found.items])
-            label = "multi" if len(found.items) > 1 else ("dir" if found.items and found.items[0][1].is_dir
-                                                          else "file")
+            hashes.append(cachemod.step_key(src_image.id, json.dumps(srcs), {}))
+            count, first_is_dir = len(srcs), True
+        elif srcs:
+            found = context_sources(self.context, srcs, self.rules, kind)
+            rels = [rel for rel, _ in found.items]
+            hashes.append(cachemod.hash_tree(found.tree, rels, rels))
+            count, first_is_dir = len(found.items), bool(found.items and found.items[0][1].is_dir)
+        if inline:
+            names = InlineTree(inline).names(b"")
+            hashes.append(cachemod.hash_tree(InlineTree(inline), names, names))
+            first_is_dir = first_is_dir if count else False
+            count += len(inline)
+        sources_hash = hashes[0] if len(hashes) == 1 else cachemod.step_key("", json.dumps(hashes), {})
+        label = "multi" if count > 1 else ("dir" if first_is_dir else "file")
         shown_dest = dest if dest.startswith("/") else posixpath.join(workdir, dest)
-        flags_text = " ".join(f"--{k}={v}" for k, v in sorted(s.flags.items()))
+        flags = {"chown": s.chown, "chmod": s.chmod, "from": source_from,
+                 "unpack": None if not isinstance(s, Add) or s.unpack is None else str(s.unpack).lower()}
+        flags_text = " ".join(f"--{k}={v}" for k, v in sorted(flags.items()) if v is not None)
         created_by = f"/bin/sh -c #(nop) {kind} {label}:{sources_hash[:64]} in {shown_dest} "
-        key = cachemod.step_key(stage.image.id, f"{kind} {flags_text} {json.dumps(words)} {workdir}", {},
-                                sources_hash)
+        key = cachemod.step_key(stage.image.id, f"{kind} {flags_text} {json.dumps([*srcs, *inline, dest])} {workdir}",
+                                {}, sources_hash)
         hit = self._cached(stage, key)
         if hit is not None:
             return hit
-        job = CopyJob(kind=kind, srcs=list(srcs), dest=dest, workdir=workdir, chown=chown, chmod=chmod,
-                      context=None if source_from else self.context, excluded=self.excluded,
-                      from_lowers=lowers_from, extract_archives=kind == "ADD")
+        job = CopyJob(kind=kind, srcs=srcs, dest=dest, workdir=workdir, chown=s.chown, chmod=chmod,
+                      context=None if source_from else self.context, rules=self.rules,
+                      from_lowers=lowers_from, extract_archives=isinstance(s, Add) and s.unpack is not False,
+                      inline=inline, inline_mtime_ns=time.time_ns())
         layer = self._copy_layer(stage.image, job)
         config = self._next_config(stage, created_by, empty=False)
         return self._commit(stage, key, config, [*stage.image.layers, layer])
@@ -618,55 +646,3 @@ def _tag_shown(tag: str) -> str:
     except RootlessError:
         return tag
     return tag if reference.names_tag(tag) or ref.digest else f"{tag}:latest"
-
-
-def _healthcheck(s: Step) -> dict[str, Any]:
-    words = s.text.split(None, 1)
-    if words and words[0].upper() == "NONE":
-        return {"Test": ["NONE"]}
-    if not words or words[0].upper() != "CMD" or len(words) < 2:
-        raise BuildError(f"Dockerfile line {s.line}: HEALTHCHECK takes NONE or [OPTIONS] CMD command")
-    rest = words[1].strip()
-    try:
-        value = json.loads(rest) if rest.startswith("[") else None
-    except ValueError:
-        value = None
-    test = ["CMD", *value] if isinstance(value, list) else ["CMD-SHELL", rest]
-    out: dict[str, Any] = {"Test": test}
-    for flag, field_name in (("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod")):
-        text = s.flags.get(flag)
-        if text:
-            out[field_name] = _duration_ns(text)
-    if s.flags.get("retries"):
-        out["Retries"] = int(s.flags["retries"])
-    return out
-
-
-def _duration_ns(text: str) -> int:
-    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
-    for unit in sorted(units, key=len, reverse=True):
-        if text.endswith(unit):
-            return int(float(text[:-len(unit)]) * units[unit])
-    raise BuildError(f"invalid duration {text!r}", "write e.g. 30s, 1m30s is not supported yet")
-
-
-def _ignore_matcher(context: Path) -> Callable[[str], bool]:
-    """Whether a context path (relative, / separated) is excluded by the context's .dockerignore."""
-    path = context / ".dockerignore"
-    try:
-        text = path.read_text()
-    except OSError:
-        return lambda rel: False
-    import importlib
-
-    try:
-        ignore = importlib.import_module(f"{__package__}.ignore")
-    except ImportError:   # until ignore.py lands: plain patterns, no exceptions
-        import fnmatch
-
-        patterns = [posixpath.normpath(line.strip().lstrip("/")) for line in text.splitlines()
-                    if line.strip() and not line.startswith("#")]
-        return lambda rel: any(fnmatch.fnmatchcase(rel, p) or rel.startswith(p + "/") for p in patterns)
-    return ignore.matcher(text)  # type: ignore[no-any-return]
-
-

@@ -3,7 +3,8 @@
 The sources are named relative to the context (or the other stage's root), with
 wildcards; a directory's contents are copied, not the directory itself.  The destination
 is a directory where it ends in ``/``, where there are several sources, or where it is
-one in the image; otherwise it is the new name of the one source.  Missing directories
+one in the image; otherwise it is the new name of the one source.  ``COPY <<EOF`` adds
+inline sources: each heredoc a 0644 file named by its delimiter (``InlineTree``).  Missing directories
 on the way are made 0755, owned like the copied files.  Every file gets root's
 ownership unless ``--chown`` names another user (looked up in the image's /etc/passwd
 and /etc/group), keeps its mode unless ``--chmod``, and keeps its time.  ADD extracts a
@@ -17,15 +18,17 @@ that upper layer is then written out as the step's layer tar.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..runtime.tree import DiskTree, Meta, Tree, join, resolve, split
+from .ignore import Matcher
 from .instructions import BuildError
 
 if TYPE_CHECKING:
@@ -36,19 +39,38 @@ _GLOB = "*?["
 
 
 class ContextTree:
-    """The build context as a tree, without what .dockerignore excludes."""
+    """The build context as a tree, as .dockerignore's RULES leave it.
 
-    def __init__(self, root: Path, excluded: Callable[[str], bool]) -> None:
+    An excluded directory stays visible where a ``!`` exception re-includes something below
+    it -- with only what is re-included in it -- as docker sends such a context.
+    """
+
+    def __init__(self, root: Path, rules: Matcher) -> None:
         self.disk = DiskTree(os.fsencode(str(root)))
-        self.excluded = excluded
+        self.rules = rules
+        self._shown: dict[bytes, bool] = {}
+
+    def _shows(self, rel: bytes) -> bool:
+        if not rel or not self.rules.patterns:
+            return True
+        known = self._shown.get(rel)
+        if known is None:
+            path = os.fsdecode(rel)
+            if not self.rules.excluded(path):
+                known = True
+            else:
+                # Only exceptions that can reach below it make an excluded directory worth a look.
+                meta = self.disk.meta(rel)
+                known = (meta is not None and meta.is_dir and self.rules.may_reinclude_below(path)
+                         and any(self._shows(join(rel, n)) for n in self.disk.names(rel)))
+            self._shown[rel] = known
+        return known
 
     def meta(self, rel: bytes) -> Meta | None:
-        if rel and self.excluded(os.fsdecode(rel)):
-            return None
-        return self.disk.meta(rel)
+        return self.disk.meta(rel) if self._shows(rel) else None
 
     def names(self, rel: bytes) -> list[bytes]:
-        return [n for n in self.disk.names(rel) if not self.excluded(os.fsdecode(join(rel, n)))]
+        return [n for n in self.disk.names(rel) if self._shows(join(rel, n))]
 
     def readlink(self, rel: bytes) -> bytes:
         return self.disk.readlink(rel)
@@ -58,6 +80,37 @@ class ContextTree:
 
     def xattrs(self, rel: bytes) -> dict[bytes, bytes]:
         return {}
+
+
+class InlineTree:
+    """``COPY <<EOF``'s sources: one regular file per heredoc, 0644 and root's, named by its
+    delimiter, at the root of a tree of their own (so no context file can shadow them)."""
+
+    def __init__(self, files: Mapping[str, bytes], mtime_ns: int = 0) -> None:
+        self.files = {os.fsencode(name): data for name, data in files.items()}
+        self.mtime_ns = mtime_ns
+
+    def meta(self, rel: bytes) -> Meta | None:
+        if not rel:
+            return Meta(stat.S_IFDIR, 0o755, 0, 0, mtime_ns=self.mtime_ns)
+        data = self.files.get(rel)
+        return None if data is None else Meta(stat.S_IFREG, 0o644, 0, 0, len(data), self.mtime_ns)
+
+    def names(self, rel: bytes) -> list[bytes]:
+        return sorted(self.files) if not rel else []
+
+    def readlink(self, rel: bytes) -> bytes:
+        raise OSError(22, "not a symbolic link", os.fsdecode(rel))
+
+    def open(self, rel: bytes) -> BinaryIO:
+        return io.BytesIO(self.files[rel])
+
+    def xattrs(self, rel: bytes) -> dict[bytes, bytes]:
+        return {}
+
+    def found(self) -> Found:
+        tree: Tree = self
+        return Found(tree, [(rel, meta) for rel in self.names(b"") if (meta := self.meta(rel)) is not None])
 
 
 @dataclass
@@ -101,8 +154,8 @@ def _glob(tree: Tree, rel: bytes, parts: list[bytes]) -> list[tuple[bytes, Meta]
     return out
 
 
-def context_sources(context: Path, srcs: Sequence[str], excluded: Callable[[str], bool], kind: str) -> Found:
-    tree = ContextTree(context, excluded)
+def context_sources(context: Path, srcs: Sequence[str], rules: Matcher, kind: str) -> Found:
+    tree = ContextTree(context, rules)
     return Found(tree, find_sources(tree, srcs, kind, "build context or excluded by .dockerignore"))
 
 
@@ -115,9 +168,11 @@ class CopyJob:
     chown: str | None
     chmod: int | None
     context: Path | None                       # None: from the stage or image with FROM_LOWERS
-    excluded: Callable[[str], bool]
+    rules: Matcher
     from_lowers: tuple[bytes, ...] | None
     extract_archives: bool
+    inline: Mapping[str, bytes] | None = None  # COPY <<EOF: heredoc name -> content, after SRCS
+    inline_mtime_ns: int = 0
 
 
 def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, ids: IdMap) -> None:
@@ -135,16 +190,21 @@ def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, id
     def child() -> None:
         src_fs = None
         try:
-            if job.context is not None:
-                found = context_sources(job.context, job.srcs, job.excluded, job.kind)
+            groups: list[Found] = []
+            if not job.srcs:
+                pass
+            elif job.context is not None:
+                groups.append(context_sources(job.context, job.srcs, job.rules, job.kind))
             else:
                 assert job.from_lowers is not None
                 src_fs = ContainerFS(LayerPaths(os.fsencode(str(where / "src-upper")),
                                                 os.fsencode(str(where / "src-work")), job.from_lowers))
-                found = Found(src_fs, find_sources(src_fs, job.srcs, job.kind, "the source stage"))
+                groups.append(Found(src_fs, find_sources(src_fs, job.srcs, job.kind, "the source stage")))
+            if job.inline:
+                groups.append(InlineTree(job.inline, job.inline_mtime_ns).found())
             sink = LayerSink(paths)
             try:
-                _place(job, found, UnionTree(sink.ov), sink)
+                _place(job, groups, UnionTree(sink.ov), sink)
             finally:
                 sink.close()
         finally:
@@ -156,25 +216,27 @@ def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, id
     enter.call(child, ids=ids)
 
 
-def _place(job: CopyJob, found: Found, tree: Tree, sink: Sink) -> None:
+def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> None:
     owner = parse_chown(job.chown, tree) if job.chown else (0, 0)
     dest = job.dest if job.dest.startswith("/") else posixpath.join(job.workdir, job.dest)
+    count = sum(len(found.items) for found in groups)
     into_dir = (job.dest.endswith("/") or job.dest.endswith("/.") or job.dest in (".", "")
-                or len(found.items) > 1)
+                or count > 1)
     dest_rel = resolve(tree, os.fsencode(posixpath.normpath(dest)), follow_last=True)
     dest_meta = tree.meta(dest_rel) if dest_rel else tree.meta(b"")
     if dest_meta is not None and dest_meta.is_dir:
         into_dir = True
-    if len(found.items) > 1 and not (job.dest.endswith("/") or (dest_meta is not None and dest_meta.is_dir)):
+    if count > 1 and not (job.dest.endswith("/") or (dest_meta is not None and dest_meta.is_dir)):
         raise BuildError(f"When using {job.kind} with more than one source file, the destination must be a "
                          "directory and end with a /")
-    for rel, meta in found.items:
+    for found, rel, meta in ((found, rel, meta) for found in groups for rel, meta in found.items):
         if meta.is_dir:
             _mkdirs(tree, sink, dest_rel, owner)
             for child in found.tree.names(rel):
                 _copy(found.tree, join(rel, child), sink, join(dest_rel, child), owner, job.chmod)
             continue
-        if job.extract_archives and meta.kind == stat.S_IFREG and _is_archive(found.tree, rel):
+        if (job.extract_archives and not isinstance(found.tree, InlineTree) and meta.kind == stat.S_IFREG
+                and _is_archive(found.tree, rel)):
             _mkdirs(tree, sink, dest_rel, owner)
             _extract(found.tree, rel, sink, dest_rel, owner if job.chown else None)
             continue

@@ -1,127 +1,53 @@
-"""The instructions as the builder uses them: keyword, flags, arguments (exec or shell form), line.
+"""The parser's typed instructions as the builder records them: errors, history text, config values.
 
-``load`` turns a Dockerfile's text into ``Step``s through the parser (``parser.parse``);
-``Step`` adds what the builder asks of an instruction: its words and values with
-``$VARIABLES`` replaced from the build's environment.
+The parser (``parser.parse``) reads and checks the Dockerfile and ``Instruction.expand``
+replaces ``$VARIABLES`` where docker does; what is left here is what docker's builder
+makes of an instruction that is neither: the ``created_by`` text of its history row, an
+``ONBUILD`` trigger read back from an image's config, ``HEALTHCHECK`` as config.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import RootlessError
-from ..image import changes
+from .parser import Arg, Healthcheck, Instruction, parse_instruction
 
 
 class BuildError(RootlessError):
     """A Dockerfile that cannot be built as written, or a step that failed."""
 
 
-@dataclass(frozen=True)
-class Step:
-    keyword: str                        # upper case: RUN, COPY...
-    text: str                           # the arguments as written (flags removed), continuations joined
-    line: int = 0
-    original: str = ""                  # the instruction as docker prints it in "Step n/m : ..."
-    exec_form: list[str] | None = None  # the JSON array form, where the instruction was written so
-    flags: dict[str, str] = field(default_factory=dict)
+def error(instr: Instruction, reason: str, hint: str | None = None) -> BuildError:
+    """A BuildError about INSTR, located the way the parser locates its own (``Dockerfile:7: ...``)."""
+    return BuildError(f"{instr.file}:{instr.line}: {reason}", hint)
 
-    def _lex(self, text: str, env: Mapping[str, str], split: bool) -> list[str]:
-        try:
-            return changes.words(text, env) if split else ["".join(changes._lex(text, env, split=False))]
-        except ValueError as e:
-            raise BuildError(f"Dockerfile line {self.line}: {self.keyword}: {e}") from None
 
-    def words(self) -> list[str]:
-        """The shell-form words, variables left as they are."""
-        return self.text.split()
+def arguments(instr: Instruction) -> str:
+    """INSTR's text after its keyword, as written (flags included): what docker's history shows
+    for the instructions it records without a value of their own."""
+    parts = instr.original.strip().split(None, 1)
+    return parts[1] if len(parts) > 1 else ""
 
-    def expand_words(self, env: Mapping[str, str]) -> list[str]:
-        return self._lex(self.text, env, True)
 
-    def expand_one(self, env: Mapping[str, str]) -> str:
-        return self._lex(self.text.strip(), env, False)[0]
+def arg_text(arg: Arg) -> str:
+    """ARG's names and defaults as written: ``ARG A=1 B``."""
+    return " ".join(name if default is None else f"{name}={default}" for name, default in arg.args)
 
-    def flag(self, name: str, env: Mapping[str, str]) -> str | None:
-        value = self.flags.get(name)
-        return None if value is None else self._lex(value, env, False)[0]
 
-    def pairs(self, env: Mapping[str, str]) -> list[tuple[str, str]]:
-        """ENV and LABEL: ``K=V K2="v 2"``, or the old ``K value with spaces``."""
-        parts = self.text.split(None, 1)
-        if not parts:
-            raise BuildError(f"Dockerfile line {self.line}: {self.keyword} requires at least one argument")
-        if "=" not in parts[0]:
-            if len(parts) < 2:
-                raise BuildError(f"Dockerfile line {self.line}: {self.keyword} names must be followed by a value",
-                                 f"write {self.keyword} {parts[0]}=VALUE")
-            return [(parts[0], self._lex(parts[1].strip(), env, False)[0])]
-        out = []
-        for word in self.expand_words(env):
-            key, sep, value = word.partition("=")
-            if not sep or not key:
-                raise BuildError(f"Dockerfile line {self.line}: {self.keyword}: {word!r} is not KEY=VALUE")
-            out.append((key, value))
+def trigger(text: str, escape: str = "\\", image: str = "") -> Instruction:
+    """One ``OnBuild`` entry of a base image's config, parsed as the Dockerfile line it was
+    (heredoc bodies included, as the parser records them)."""
+    return parse_instruction(text, escape=escape, name=f"ONBUILD trigger of {image}" if image else "ONBUILD")
+
+
+def healthcheck_config(h: Healthcheck) -> dict[str, Any]:
+    """HEALTHCHECK as an image config's ``Healthcheck``: the options given (non-zero) only."""
+    out: dict[str, Any] = {"Test": list(h.test)}
+    if h.test == ("NONE",):
         return out
-
-
-def load(text: str, name: str = "Dockerfile") -> list[Step]:
-    """The instructions of the Dockerfile TEXT, in order, checked by the parser (``parser.parse``).
-
-    Each instruction's text as the parser joined it (continuations, comments and escapes
-    handled there) is split into keyword, flags and arguments here.
-    """
-    from .parser import parse
-
-    parsed = parse(text, name=name)
-    out: list[Step] = []
-    for i in [*parsed.args, *(x for stage in parsed.stages for x in (stage.base, *stage.instructions))]:
-        if getattr(i, "heredocs", ()):
-            raise BuildError(f"{name}:{i.line}: heredocs are not supported by this builder yet",
-                             "write the file into the build context and COPY it")
-        out.extend(replace(step, line=i.line) for step in _interim(i.original))
-    return out
-
-
-def triggers(lines: list[str]) -> list[Step]:
-    """ONBUILD triggers: one instruction per entry, no FROM in front of them."""
-    return [step for line in lines for step in _interim(line)]
-
-
-def _interim(text: str) -> list[Step]:
-    """Instructions already joined into one line each (by the parser, or ONBUILD's record) as Steps."""
-    out: list[Step] = []
-    pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if pending and line.startswith("#"):
-            continue
-        if not pending:
-            start = number
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        whole = (pending + line).strip()
-        pending = ""
-        keyword, _, rest = whole.partition(" ")
-        rest = rest.strip()
-        flags: dict[str, str] = {}
-        while rest.startswith("--"):
-            flag, _, rest = rest.partition(" ")
-            name, _, value = flag[2:].partition("=")
-            flags[name] = value
-            rest = rest.strip()
-        exec_form = None
-        if rest.startswith("["):
-            try:
-                parsed = json.loads(rest)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, list) and all(isinstance(v, str) for v in parsed):
-                exec_form = parsed
-        out.append(Step(keyword.upper(), rest, start, whole, exec_form, flags))
+    for name, value in (("Interval", h.interval), ("Timeout", h.timeout), ("StartPeriod", h.start_period),
+                        ("StartInterval", h.start_interval), ("Retries", h.retries)):
+        if value:
+            out[name] = value
     return out

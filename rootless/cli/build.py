@@ -67,7 +67,7 @@ def build(app: App, context: str, dockerfile: str | None, tags: tuple[str, ...],
                 raise RootlessError(f"unable to prepare context: path {context!r} not found",
                                     "give the build context as a directory")
         if dockerfile == "-":
-            text, name = sys.stdin.read(), "Dockerfile"
+            text, name, path = sys.stdin.read(), "Dockerfile", None
         else:
             path = Path(dockerfile) if dockerfile else root / "Dockerfile"
             if dockerfile and context == "-" and not path.is_absolute():
@@ -87,7 +87,7 @@ def build(app: App, context: str, dockerfile: str | None, tags: tuple[str, ...],
         if not quiet:
             click.echo("Sending build context to Docker daemon  " + _size(root))
         try:
-            record = builder.build(text, root, name)
+            record = builder.build(text, root, name, path)
         except RunFailed as e:   # docker prints the daemon's message as it is, and exits 1
             click.echo(e.message, err=True)
             sys.exit(e.exit_code)

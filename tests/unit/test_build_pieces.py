@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rootless.build import cache
+from rootless.build import cache, ignore
 from rootless.build.copying import ContextTree, find_sources, parse_chown
 from rootless.build.instructions import BuildError
 from rootless.image import manifest as mf
@@ -48,7 +48,7 @@ def test_the_content_hash_sees_content_and_mode_not_time(tmp_path: Path) -> None
 def test_sources_with_wildcards_and_ignored_files(tmp_path: Path) -> None:
     for name in ("a.conf", "b.conf", "c.txt", "skip.conf"):
         (tmp_path / name).write_text(name)
-    tree = ContextTree(tmp_path, lambda rel: rel == "skip.conf")
+    tree = ContextTree(tmp_path, ignore.matcher("skip.conf\n"))
     found = find_sources(tree, ["*.conf", "./c.txt"], "COPY", "build context")
     assert [rel for rel, _ in found] == [b"a.conf", b"b.conf", b"c.txt"]
     with pytest.raises(BuildError, match="file not found in build context"):
