@@ -284,3 +284,82 @@ def test_scratch_and_refusals(cli: Cli, busybox: str, tmp_path: Path) -> None:
     assert "file not found in build context" in out
     out = build(cli, tmp_path, "--target", "nope", code=125, dockerfile=f"FROM {busybox}\n")
     assert "failed to reach build target nope in Dockerfile" in out
+
+
+def test_run_heredocs(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    build(cli, tmp_path, "-t", "run-heredocs", dockerfile=f"""\
+FROM {busybox}
+ENV NAME=world
+RUN <<EOF
+echo "one $0" > /plain
+echo two >> /plain
+EOF
+RUN <<EOF
+#!/bin/sh
+echo "script $0" > /shebang
+EOF
+RUN cat <<EOF > /greeting
+hello $NAME
+EOF
+RUN <<-EOF sh
+\techo "from stdin" > /stdin
+\tEOF
+""")
+    out = run(cli, "run-heredocs", "sh", "-c", "cat /plain /shebang /greeting /stdin; ls /dev/pipes 2>&1 || true")
+    assert out.splitlines()[:5] == ["one /bin/sh", "two", "script /dev/pipes/EOF", "hello world", "from stdin"]
+    assert "EOF" not in out.splitlines()[5:]   # the script stayed outside the layer
+    history = cli("history", "--no-trunc", "--format", "{{.CreatedBy}}", "run-heredocs").output
+    assert "/bin/sh -c cat <<EOF > /greeting\nhello $NAME\nEOF" in history
+
+
+def test_copy_heredocs(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    (tmp_path / "ctx.txt").write_text("from the context\n")
+    build(cli, tmp_path, "-t", "copy-heredocs", dockerfile=f"""\
+FROM {busybox}
+ARG WHO=world
+COPY <<EOF /etc/motd
+hello $WHO
+EOF
+COPY --chmod=0750 --chown=app:staff <<EOF /usr/local/bin/hi
+#!/bin/sh
+echo hi from a heredoc
+EOF
+COPY <<'EOF' /raw
+keep $WHO
+EOF
+COPY ctx.txt <<A <<B /two/
+a
+A
+b
+B
+""")
+    out = run(cli, "copy-heredocs", "sh", "-c",
+              "cat /etc/motd /raw; /usr/local/bin/hi; stat -c '%U:%G %a' /usr/local/bin/hi /etc/motd; ls /two; cat /two/A /two/B")
+    assert out.splitlines() == ["hello world", "keep $WHO", "hi from a heredoc", "app:staff 750", "root:root 644",
+                                "A", "B", "ctx.txt", "a", "b"]
+    # The content is part of the cache key: a changed heredoc is copied again.
+    again = build(cli, tmp_path, "-t", "copy-heredocs", "--build-arg", "WHO=you")
+    assert run(cli, "copy-heredocs", "cat", "/etc/motd") == "hello you\n"
+    assert "Using cache" not in again.split("Step ")[3]
+
+
+def test_dockerignore_exceptions_reach_into_excluded_directories(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "logs/sub").mkdir(parents=True)
+    (ctx / "logs/keep.txt").write_text("kept\n")
+    (ctx / "logs/drop.txt").write_text("dropped\n")
+    (ctx / "logs/sub/deep.txt").write_text("deep\n")
+    (ctx / "a.tmp").write_text("tmp\n")
+    (ctx / "b.txt").write_text("b\n")
+    (ctx / ".dockerignore").write_text("logs\n!logs/keep.txt\n*.tmp\n")
+    build(cli, ctx, "-t", "ignore-test", dockerfile=f"FROM {busybox}\nCOPY . /ctx\nCOPY logs /logs\n")
+    out = run(cli, "ignore-test", "sh", "-c", "cd /ctx && find . -type f | sort; ls /logs; cat /logs/keep.txt")
+    assert out.splitlines() == ["./.dockerignore", "./Dockerfile", "./b.txt", "./logs/keep.txt",
+                                "keep.txt", "kept"]
+    out = build(cli, ctx, code=125, dockerfile=f"FROM {busybox}\nCOPY logs/drop.txt /x\n")
+    assert "file not found in build context or excluded by .dockerignore" in out
+    # A Dockerfile's own NAME.dockerignore beside it wins over the context's.
+    (tmp_path / "other.Dockerfile").write_text(f"FROM {busybox}\nCOPY . /ctx\n")
+    (tmp_path / "other.Dockerfile.dockerignore").write_text("*\n!b.txt\n")
+    build(cli, ctx, "-t", "ignore-other", "-f", str(tmp_path / "other.Dockerfile"))
+    assert run(cli, "ignore-other", "ls", "-A", "/ctx") == "b.txt\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rootless.build import cache, ignore
-from rootless.build.copying import ContextTree, find_sources, parse_chown
+from rootless.build.copying import ContextTree, InlineTree, find_sources, parse_chown
 from rootless.build.instructions import BuildError
 from rootless.image import manifest as mf
 from rootless.image.local import StoredLayer
@@ -67,3 +67,29 @@ def test_chown_names_come_from_the_images_files(tmp_path: Path) -> None:
     assert parse_chown("12:34", tree) == (12, 34)
     with pytest.raises(BuildError, match="no such user: nobody"):
         parse_chown("nobody", tree)
+
+
+def test_an_exception_reincludes_a_file_under_an_excluded_directory(tmp_path: Path) -> None:
+    (tmp_path / "logs/sub").mkdir(parents=True)
+    for name in ("logs/keep.txt", "logs/drop.txt", "logs/sub/deep.txt", "top.txt"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache/x").write_text("x")
+    tree = ContextTree(tmp_path, ignore.matcher("logs\ncache\n!logs/keep.txt\n"))
+    assert sorted(tree.names(b"")) == [b"logs", b"top.txt"]   # cache: nothing in it is re-included
+    assert tree.names(b"logs") == [b"keep.txt"]
+    assert tree.meta(b"logs/sub") is None and tree.meta(b"cache") is None
+    found = find_sources(tree, ["logs"], "COPY", "build context")
+    assert [rel for rel, _ in found] == [b"logs"]
+    with pytest.raises(BuildError):
+        find_sources(tree, ["logs/drop.txt"], "COPY", "build context")
+
+
+def test_inline_sources_are_0644_files_named_by_their_delimiter() -> None:
+    tree = InlineTree({"EOF": b"hello\n"})
+    assert tree.names(b"") == [b"EOF"]
+    meta = tree.meta(b"EOF")
+    assert meta is not None and meta.perm == 0o644 and meta.size == 6 and (meta.uid, meta.gid) == (0, 0)
+    with tree.open(b"EOF") as f:
+        assert f.read() == b"hello\n"
+    assert tree.meta(b"other") is None
