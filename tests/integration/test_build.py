@@ -363,3 +363,23 @@ def test_dockerignore_exceptions_reach_into_excluded_directories(cli: Cli, busyb
     (tmp_path / "other.Dockerfile.dockerignore").write_text("*\n!b.txt\n")
     build(cli, ctx, "-t", "ignore-other", "-f", str(tmp_path / "other.Dockerfile"))
     assert run(cli, "ignore-other", "ls", "-A", "/ctx") == "b.txt\n"
+
+
+def test_args_scope_and_the_parsers_values(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    out = build(cli, tmp_path, "-t", "scopes", "--build-arg", "B=given", dockerfile=f"""\
+ARG TAG=latest
+FROM {busybox}:$TAG
+ARG A=1 B C=$A-$B
+ENV A=from-env
+ARG D=$A
+LABEL c=$C d=$D tag=x$TAG
+HEALTHCHECK --interval=1m30s --start-period=500ms CMD true
+""")
+    assert "were not consumed" not in out
+    cfg = inspect(cli, "scopes")["Config"]
+    # C sees A and B declared before it on the same line; ENV wins over ARG; TAG is FROM's only.
+    assert cfg["Labels"] == {"c": "1-given", "d": "from-env", "tag": "x"}
+    assert cfg["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 90_000_000_000,
+                                  "StartPeriod": 500_000_000}
+    out = build(cli, tmp_path, code=125, dockerfile=f"FROM {busybox}\nRUN --mount=type=cache,target=/c true\n")
+    assert "Dockerfile:2: RUN --mount is not supported by this builder yet" in out
