@@ -113,20 +113,6 @@ def _array_of_non_strings(text: str) -> bool:
     return isinstance(value, list) and not all(isinstance(v, str) for v in value)
 
 
-def words(text: str, env: Mapping[str, str]) -> list[str]:
-    """TEXT split at unquoted blanks, each word with its quotes removed and variables replaced
-    (``parser.expand_words``; ValueError for what it cannot read)."""
-    return _lex(text, env, split=True)
-
-
-def _lex(text: str, env: Mapping[str, str], split: bool) -> list[str]:
-    # kept for rootless.build.instructions until it reads parser.Instruction objects
-    try:
-        return parser.expand_words(text, env) if split else [parser.expand(text, env)]
-    except parser.DockerfileError as e:
-        raise ValueError(str(e)) from None
-
-
 def _ports(spec: str) -> list[str]:
     m = _PORT.match(spec)
     if m is None:
