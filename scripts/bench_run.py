@@ -80,6 +80,8 @@ MARKER = "BENCH_RUN_ID"
 CAT_USR = ["sh", "-c", "find /usr -type f -exec cat {} + > /dev/null"]
 IDLE = ["sleep", "1000"]
 TEN = 10
+#: Tries of the ten-container part of one engine while someone else keeps dropping the caches.
+ATTEMPTS = 3
 HOST, NONE, DEFAULT = "host", "none", "default"
 
 
@@ -147,6 +149,8 @@ class Memory:
     names: dict[str, int] = field(default_factory=dict)
 
     def add(self, proc: Proc) -> None:
+        if not os.path.exists(f"/proc/{proc.pid}"):
+            return   # ended since the snapshot (an exec session's helper)
         rss, pss, uss = memory_of(proc.pid)
         self.rss += rss
         self.pss = None if pss is None or self.pss is None else self.pss + pss
@@ -185,6 +189,15 @@ def measure(procs: Iterable[Proc]) -> Memory:
     for p in procs:
         m.add(p)
     return m
+
+
+def cache_drops() -> tuple[int, int]:
+    """How often anyone wrote to /proc/sys/vm/drop_caches: page cache (1, 3) and slab (2, 3)."""
+    counts = {}
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        counts[key] = int(value or 0)
+    return counts.get("drop_pagecache", 0), counts.get("drop_slab", 0)
 
 
 def meminfo_cache() -> int:
@@ -264,6 +277,7 @@ class Ten:
     after_cats: Memory | None = None
     points: dict[str, CachePoint] = field(default_factory=dict)   # after_start, after_cat_1, after_cat_all
     cat_seconds: list[float] = field(default_factory=list)
+    foreign_drops: int = 0    # drop_caches writes by someone else meanwhile: the page cache rows are void
     error: str | None = None
 
     def total(self) -> int:
@@ -448,6 +462,7 @@ class Load:
 
     average: float
     blocked: int
+    drops: int        # writes to drop_caches so far, by anyone
 
     @classmethod
     def now(cls) -> Load:
@@ -455,13 +470,17 @@ class Load:
         for line in Path("/proc/stat").read_text().splitlines():
             if line.startswith("procs_blocked "):
                 blocked = int(line.split()[1])
-        return cls(os.getloadavg()[0], blocked)
+        return cls(os.getloadavg()[0], blocked, sum(cache_drops()))
 
 
-def load_line(load: tuple[Load, Load]) -> str:
+def load_line(load: tuple[Load, Load], drops: bool = True) -> str:
+    """DROPS: this run dropped no caches meanwhile, so that any drop counted is someone else's."""
     start, end = load
-    return (f"load average {start.average:.2f} at the start, {end.average:.2f} at the end, of which "
+    text = (f"load average {start.average:.2f} at the start, {end.average:.2f} at the end, of which "
             f"{start.blocked} and {end.blocked} blocked processes; {os.cpu_count()} CPUs")
+    if drops and end.drops > start.drops:
+        text += f"; someone else dropped the caches {end.drops - start.drops} times meanwhile"
+    return text
 
 
 def size(n: int | None) -> str:
@@ -615,13 +634,21 @@ class Bench:
     def ten(self, image: str, usr_files: list[str]) -> dict[str, Ten]:
         results = {}
         for e in self.ready():
-            log(f"ten: {e.name}")
-            results[e.name] = r = Ten()
-            try:
-                self.ten_of(e, image, usr_files, r)
-            except RuntimeError as err:
-                r.error = str(err)
-                log(f"  ten {e.name}: FAILED ({err})")
+            for attempt in range(1, ATTEMPTS + 1):
+                log(f"ten: {e.name}" + (f", attempt {attempt}" if attempt > 1 else ""))
+                results[e.name] = r = Ten()
+                before = cache_drops()
+                try:
+                    self.ten_of(e, image, usr_files, r)
+                except RuntimeError as err:
+                    r.error = str(err)
+                    log(f"  ten {e.name}: FAILED ({err})")
+                # Ours is one of each; CI's second pass, for one, drops the inode cache every 0.2 s, and
+                # a FUSE inode dropped takes its page cache with it.
+                r.foreign_drops = sum(after - was - 1 for after, was in zip(cache_drops(), before))
+                if not r.foreign_drops or r.error:
+                    break
+                log(f"  ten {e.name}: someone else dropped the caches {r.foreign_drops} times meanwhile")
         return results
 
     def ten_of(self, e: Engine, image: str, usr_files: list[str], r: Ten) -> None:
@@ -651,6 +678,7 @@ class Bench:
                 r.cat_seconds.append(out.seconds)
                 if i == 0:
                     r.points["after_cat_1"] = self.cache_point(m0, backing, boxes, usr_files)
+            time.sleep(1)   # the exec sessions' own processes (podman's conmon) must be gone
             r.after_cats = measure(engine_processes(self.snapshot(), before, [p for b in boxes for p in b.extra],
                                                     [b.pid for b in boxes]))
             r.points["after_cat_all"] = self.cache_point(m0, backing, boxes, usr_files)
@@ -670,7 +698,7 @@ class Bench:
 def ten_table(image: str, ten: dict[str, Ten], load: tuple[Load, Load]) -> str:
     names = list(ten)
     lines = [f"\n== {TEN} idle containers of {image} (network host; sync + drop_caches first) ==",
-             load_line(load)]
+             load_line(load, drops=False)]
     hdr = f"{'':<46}" + "".join(f"{n:>14}" for n in names)
     lines += [hdr, "-" * len(hdr)]
 
@@ -709,7 +737,11 @@ def ten_table(image: str, ten: dict[str, Ten], load: tuple[Load, Load]) -> str:
         line("  vs podman", lambda r: f"{r.total() / ten['podman'].total():.2f}x")
     line("cat /usr in the first container (cold), s", lambda r: f"{r.cat_seconds[0]:.2f}")
     line(f"cat /usr in the other {TEN - 1}, median, s", lambda r: f"{statistics.median(r.cat_seconds[1:]):.2f}")
+    line("caches dropped by someone else meanwhile", lambda r: str(r.foreign_drops))
     lines += [f"  {n}: {r.error}" for n, r in ten.items() if r.error]
+    lines += [f"  WARNING: {n}: someone else dropped the caches {r.foreign_drops} times during its last attempt "
+              f"(CI's second pass does, every 0.2 s): its page cache rows are void; rerun on a quieter host"
+              for n, r in ten.items() if r.foreign_drops]
     lines.append("  ch-run has no exec: its cats are new ch-runs over the same directory")
     return "\n".join(lines)
 
