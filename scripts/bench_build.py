@@ -45,7 +45,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -353,26 +352,7 @@ def bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse(sys.argv[1:] if argv is None else argv)
-
-    def terminate(signum: int, frame: object) -> None:
-        log("terminated; cleaning up")
-        sys.exit(143)
-
-    signal.signal(signal.SIGTERM, terminate)
-    # Started in the background by a shell without job control, SIGINT is ignored; ^C must still clean up.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    t0 = time.monotonic()
-    try:
-        rc = bench(a)
-    except KeyboardInterrupt:
-        log("interrupted; cleaned up")
-        return 130
-    except bench_pull.base_images.BuildError as e:
-        log(f"error: {e}")
-        return 1
-    log(f"total {time.monotonic() - t0:.0f} s")
-    return rc
+    return bench_pull.run_bench(bench, parse(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -654,8 +654,8 @@ def bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse(sys.argv[1:] if argv is None else argv)
+def run_bench(body: Callable[[argparse.Namespace], int], a: argparse.Namespace) -> int:
+    """Run BODY(A) so that SIGTERM and ^C still clean up, and turn its known failures into exit codes."""
     def terminate(signum: int, frame: object) -> None:
         log("terminated; cleaning up")
         sys.exit(143)
@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     try:
-        rc = bench(a)
+        rc = body(a)
     except KeyboardInterrupt:
         log("interrupted; cleaned up")
         return 130
@@ -675,6 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log(f"total {time.monotonic() - t0:.0f} s")
     return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(bench, parse(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
