@@ -9,10 +9,11 @@ it failed, so a failed import leaves the store as it found it.
 The manifest made for local images is docker's schema 2 with gzip layers: what
 ``docker push`` of a local image sends, and what every registry and tool accepts.
 
-Layers are compressed at zlib level 1.  On tars of typical root file systems it runs
-about 2.5 times as fast as the default level 6 for blobs about 13% larger: every
-``import``, ``load`` and ``commit`` pays the time, while the size matters only to a
-``push``, and a registry keeps what it is sent.
+Layers are compressed fast rather than small: zlib level 1 runs about 2.5 times as
+fast as the default level 6 for blobs about 13% larger, and zlib-ng's level 2 makes
+blobs of that same size in three quarters of the time (60 MB of a Debian root: 0.91 s
+against 1.23 s).  Every ``import``, ``load``, ``commit`` and build step pays the time,
+while the size matters only to a ``push``, and a registry keeps what it is sent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ import json
 import os
 import tempfile
 import zlib
+
+try:
+    from zlib_ng import zlib_ng as _deflate
+    GZIP_LEVEL = 2
+except ImportError:  # pragma: no cover (a dependency; stdlib zlib still works)
+    _deflate = zlib  # type: ignore[assignment]
+    GZIP_LEVEL = 1
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +45,6 @@ from . import manifest as mf
 from . import reference
 from .store import ImageRecord, Store
 
-GZIP_LEVEL = 1
 _CHUNK = 1 << 20
 _MAX_CONFIG = mf.MAX_MANIFEST_SIZE
 
@@ -99,7 +106,7 @@ class Ingest:
             diff = hashlib.sha256()
             blob = hashlib.sha256()
             size = 0
-            gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # no name, time 0: reproducible
+            gz = _deflate.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # no name, time 0: reproducible
             with open(tar_path, "rb") as src, os.fdopen(fd, "wb") as out:
                 fd = -1
                 while chunk := src.read(_CHUNK):
