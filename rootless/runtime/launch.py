@@ -518,7 +518,7 @@ def _init(launch: Launch, report_w: int) -> None:
     _mount_proc(root)
     _mount_dev(root)
     if launch.tty_socket is not None:
-        _take_pty(root + "/dev/pts", launch.tty_socket, launch.winsize)
+        take_pty(root + "/dev/pts", launch.tty_socket, launch.winsize)
     process = launch.process
     if launch.init_binary:
         # In the container's /dev tmpfs: no trace in its writable layer, nothing the image can shadow.
@@ -551,9 +551,13 @@ def open_pty(pts: str) -> tuple[int, int]:
     return master, slave
 
 
-def _take_pty(pts: str, sock_fd: int, winsize: bytes | None) -> None:
-    """Make a pty the controlling terminal and stdio of this process; hand its master over SOCK_FD."""
-    master, slave = open_pty(pts)
+def take_pty(pts: str | None, sock_fd: int, winsize: bytes | None) -> None:
+    """Make a pty the controlling terminal and stdio of this process; hand its master over SOCK_FD.
+
+    The pty comes from the devpts instance mounted at PTS, or the host's where PTS is None
+    (the proot fallback has no devpts of its own).
+    """
+    master, slave = open_pty(pts) if pts is not None else os.openpty()
     if winsize:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
     with socket.socket(fileno=sock_fd) as sock:
@@ -825,7 +829,7 @@ def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bo
             os.dup2(null, 0)
             os.close(null)
         if tty_socket is not None:
-            _take_pty("/dev/pts", tty_socket, winsize)
+            take_pty("/dev/pts", tty_socket, winsize)
         os.set_inheritable(report_w, False)
         _become(process, ids)
         return 125   # not reached: _become execs or raises

@@ -35,7 +35,6 @@ What proot cannot give, and how this copes:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import posixpath
@@ -45,9 +44,7 @@ import shutil
 import signal
 import socket
 import stat
-import struct
 import subprocess
-import termios
 import time
 import traceback
 
@@ -216,7 +213,7 @@ def _run_proot(argv: list[str], env: dict[str, str], root: str, reports: _Report
             if filt_w is not None:
                 os.dup2(filt_w, 2)
             if tty_socket is not None:
-                _take_host_pty(tty_socket, winsize)
+                _launch.take_pty(None, tty_socket, winsize)
             os.chdir(root)
             _launch._default_signals()
             os.execve(argv[0], argv, env)
@@ -459,22 +456,6 @@ def _replace_with_file(path: str) -> None:
         pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
-
-
-def _take_host_pty(sock_fd: int, winsize: bytes | None) -> None:
-    """-t without a devpts of our own: a pty of the host's, its master sent to whoever relays it."""
-    master, slave = os.openpty()
-    if winsize:
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
-    with socket.socket(fileno=sock_fd) as sock:
-        sock.sendmsg([b"m"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
-    os.close(master)
-    os.setsid()
-    for fd in (0, 1, 2):
-        os.dup2(slave, fd)
-    if slave > 2:
-        os.close(slave)
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 # -- watching proot ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import pytest
 
 from mounts import Union, build_tree, wait_daemon_gone
+from registry import Registry, running_registry
 
 
 @pytest.fixture
@@ -45,3 +46,10 @@ def make_union(tmp_path: Path) -> Iterator[Callable[..., Union]]:
             u.unmount()
         finally:
             wait_daemon_gone(u.mnt)
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A docker-registry on 127.0.0.1 for the module's tests, without auth."""
+    with running_registry(tmp_path_factory.mktemp("registry")) as r:
+        yield r

@@ -20,21 +20,15 @@ from pathlib import Path
 import pytest
 
 from capabilities import verdict
-from registry import Registry, running_registry
+from registry import Registry
 from runcli import Cli
-from testimages import busybox_rootfs, make_image, push
+from testimages import busybox_rootfs, make_image, push_all
 
 from rootless.runtime import linux, network
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry, pytest.mark.net]
 
 PAGE = b"served from the container\n"
-
-
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as r:
-        yield r
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +43,7 @@ def images(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
                           {**base, "Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"],
                            "ExposedPorts": {"80/tcp": {}, "53/udp": {}}}),
     }
-    names = {}
-    for name, image in made.items():
-        push(reg.host, f"{name}:latest", image, tmp / name)
-        names[name] = f"{reg.host}/{name}"
-    return names
+    return push_all(reg.host, made, tmp)
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mounts import subid_range
-from registry import Registry, running_registry
+from registry import Registry
 from runcli import Cli
-from testimages import busybox_rootfs, make_image, push
+from testimages import busybox_rootfs, make_image, push_all
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry]
-
-
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as r:
-        yield r
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +32,7 @@ def images(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
                               {"Env": ["PATH=/bin", "FROM_IMAGE=1", "OVERRIDE=image"], "WorkingDir": "/srv/data",
                                "User": "app", "Cmd": ["sh", "-c", "env; pwd; id"]}),
     }
-    names = {}
-    for name, image in made.items():
-        push(reg.host, f"{name}:latest", image, tmp / name)
-        names[name] = f"{reg.host}/{name}"
-    return names
+    return push_all(reg.host, made, tmp)
 
 
 @pytest.fixture(scope="module")

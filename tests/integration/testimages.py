@@ -100,6 +100,15 @@ def push(host: str, name: str, image: Image, tmp: Path, creds: tuple[str, str] |
     return trio.run(go)
 
 
+def push_all(host: str, made: dict[str, Image], tmp: Path) -> dict[str, str]:
+    """Push each image as HOST/NAME:latest; returns NAME -> the name to pull it by."""
+    names = {}
+    for name, image in made.items():
+        push(host, f"{name}:latest", image, tmp / name)
+        names[name] = f"{host}/{name}"
+    return names
+
+
 def write_oci_layout(directory: Path, image: Image, tag: str = "latest") -> None:
     """IMAGE as an OCI image layout, for skopeo to copy."""
     blobs = directory / "blobs" / "sha256"
