@@ -134,19 +134,14 @@ def _helper(launch: Launch, report_w: int, closed_report: list[bool]) -> int:
     err_r, err_w = os.pipe()
     keeper = os.fork()
     if keeper == 0:
-        code = 125
         reports = _Reports(report_w)
-        try:
+
+        def keep() -> int:
             os.close(out_r)
             os.close(err_r)
-            code = _keeper(launch, proot, reports, out_w, err_w)
-        except StartError as e:
-            reports.error(e.message, e.code)
-            code = e.code
-        except BaseException as e:  # noqa: BLE001
-            reports.error(f"internal error: {e!r}\n{traceback.format_exc()}", 125)
-        finally:
-            os._exit(code)
+            return _keeper(launch, proot, reports, out_w, err_w)
+
+        _launch._run_child(reports.error, keep)
     return _launch.serve_container(launch, fs, keeper, (out_r, out_w, err_r, err_w), report_w, closed_report)
 
 
@@ -190,14 +185,7 @@ class _Reports:
 def _keeper(launch: Launch, proot: str, reports: _Reports, out_w: int, err_w: int) -> int:
     linux.set_parent_death_signal(signal.SIGKILL)
     tty = launch.tty_socket is not None
-    if not launch.interactive:
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-    os.dup2(out_w, 1)
-    os.dup2(err_w, 2)
-    os.close(out_w)
-    os.close(err_w)
+    _launch._stdio(launch, out_w, err_w)
     argv, env = command_line(launch, proot, verbose=not tty)
     return _run_proot(argv, env, launch.rootfs, reports, launch.tty_socket, launch.winsize)
 
@@ -324,8 +312,8 @@ def exec_in(init_pid: int, argv: list[str], process: ProcessSpec, *, interactive
     if pid == 0:
         os.close(report_r)
         reports = _Reports(report_w)
-        code = 125
-        try:
+
+        def command() -> int:
             if pair is not None:
                 pair[0].close()
             if not interactive:
@@ -335,25 +323,12 @@ def exec_in(init_pid: int, argv: list[str], process: ProcessSpec, *, interactive
             ids, env = checked(root, process)
             command = [argv[0], "-r", root, "-w", process.cwd, "-v", "-1" if tty else "1", *binds, *ids,
                        *process.args]
-            code = _run_proot(command, env, root, reports, pair[1].detach() if pair else None, winsize, container)
-        except StartError as e:
-            reports.error(e.message, e.code)
-            code = e.code
-        except BaseException as e:  # noqa: BLE001
-            reports.error(f"internal error: {e!r}\n{traceback.format_exc()}", 125)
-        finally:
-            os._exit(code)
+            return _run_proot(command, env, root, reports, pair[1].detach() if pair else None, winsize, container)
+
+        _launch._run_child(reports.error, command)
     os.close(report_w)
     os.close(container)
-    error = None
-    with os.fdopen(report_r, "rb") as lines:
-        for line in lines:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(msg, dict) and "error" in msg and error is None:
-                error = StartError(str(msg["error"]), int(msg.get("code", 125)))
+    error = next((_launch._error_of(msg) for msg in _launch._reports(report_r) if "error" in msg), None)
     if pair is not None:
         pair[1].close()
         with pair[0] as sock:
