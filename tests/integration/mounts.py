@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -99,3 +101,15 @@ def subid_range(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         pass
     return None
+
+
+def in_full_userns(script: str) -> subprocess.CompletedProcess:
+    """Run SCRIPT (bash) as root of a user namespace with the user's whole subuid/subgid range."""
+    uids, gids = subid_range("/etc/subuid"), subid_range("/etc/subgid")
+    if uids is None or gids is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the test user needs /etc/subuid and /etc/subgid ranges (.ci/run creates them)")
+        pytest.skip("no /etc/subuid or /etc/subgid range for this user")
+    cmd = ["unshare", "--user", "--map-root-user", f"--map-users={uids[0]},1,{uids[1]}",
+           f"--map-groups={gids[0]},1,{gids[1]}", "--mount", "bash", "-c", "set -euo pipefail\n" + script]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

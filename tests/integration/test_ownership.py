@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from mounts import REPO, subid_range
+from mounts import in_full_userns
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns]
-
-
-def in_full_userns(script: str) -> subprocess.CompletedProcess:
-    """Run SCRIPT (bash) as root of a user namespace with the user's whole subuid/subgid range."""
-    uids, gids = subid_range("/etc/subuid"), subid_range("/etc/subgid")
-    if uids is None or gids is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the test user needs /etc/subuid and /etc/subgid ranges (.ci/run creates them)")
-        pytest.skip("no /etc/subuid or /etc/subgid range for this user")
-    cmd = ["unshare", "--user", "--map-root-user", f"--map-users={uids[0]},1,{uids[1]}",
-           f"--map-groups={gids[0]},1,{gids[1]}", "--mount", "bash", "-c", "set -euo pipefail\n" + script]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 STAT = f"{sys.executable} -c 'import os,sys; [print(p.rsplit(\"/\",1)[-1], *(lambda s: (s.st_uid, s.st_gid, oct(s.st_mode & 0o7777)))(os.lstat(p))) for p in sys.argv[1:]]'"

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import pytest
 
 from fusefs.tarindex import build_index, index_path
-from mounts import REPO, Union, build_tree, fusefs_cmd, subid_range, wait_daemon_gone
+from mounts import REPO, Union, build_tree, fusefs_cmd, in_full_userns, wait_daemon_gone
 
 pytestmark = pytest.mark.fuse
 
@@ -403,18 +403,6 @@ STAT = (f"{sys.executable} -c 'import os,sys; [print(p.rsplit(\"/\",1)[-1], *(la
         f"oct(s.st_mode & 0o7777), s.st_size))(os.lstat(p))) for p in sys.argv[1:]]'")
 
 
-def as_container_root(script: str) -> subprocess.CompletedProcess:
-    """Run SCRIPT (bash) as root of a user namespace holding the user's whole subordinate id range."""
-    uids, gids = subid_range("/etc/subuid"), subid_range("/etc/subgid")
-    if uids is None or gids is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the test user needs /etc/subuid and /etc/subgid ranges (.ci/run creates them)")
-        pytest.skip("no /etc/subuid or /etc/subgid range for this user")
-    cmd = ["unshare", "--user", "--map-root-user", f"--map-users={uids[0]},1,{uids[1]}",
-           f"--map-groups={gids[0]},1,{gids[1]}", "--mount", "bash", "-c", "set -euo pipefail\n" + script]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.userns
 def test_container_root_changes_root_owned_tar_files_and_the_commit_sees_them(tmp_path):
     from fusefs import list_changes
@@ -434,7 +422,7 @@ def test_container_root_changes_root_owned_tar_files_and_the_commit_sees_them(tm
         (tmp_path / d).mkdir()
     m = tmp_path / "mnt"
     opts = f"lowerdir={tar},upperdir={tmp_path}/up,workdir={tmp_path}/wk"
-    r = as_container_root(f"""
+    r = in_full_userns(f"""
         mountit() {{ {sys.executable} -m fusefs -o {opts} {m}; }}
         unmountit() {{ umount {m}; for i in $(seq 100); do pgrep -f "fusefs .*{m}$" >/dev/null || break; sleep 0.05; done; }}
         mountit
