@@ -8,49 +8,22 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from capabilities import is_strict
+from baseimages import bi, require
 from registry import running_registry
 
 BUSYBOX = Path("/bin/busybox")
-
-
-def _load_base_images() -> ModuleType:
-    # scripts/ is not a package; the module is loaded by path, as scripts/bench_pull.py is run.
-    path = Path(__file__).resolve().parents[2] / "scripts" / "base_images.py"
-    spec = importlib.util.spec_from_file_location("base_images", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-bi = _load_base_images()
-
-
-def require(tool: str, problem: str | None) -> None:
-    """Skip (fail in CI) when a host tool the test needs is missing; scripts/setup installs them all."""
-    if problem is None:
-        return
-    message = f"needs {tool}: {problem}"
-    if is_strict(os.environ):
-        pytest.fail(message + " [CI=true or ROOTLESS_TEST_STRICT=1]", pytrace=False)
-    pytest.skip(message)
 
 
 def busybox_problem() -> str | None:
