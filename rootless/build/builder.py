@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..image.store import ImageRecord, Store
     from ..runtime.containers import Containers
     from ..runtime.idmap import IdMap
+    from .remote import RemoteTree
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 #: docker's predefined build args: usable without an ARG line, never reported as unused
@@ -555,8 +556,10 @@ class Builder:
     # -- COPY and ADD ----------------------------------------------------------------------------
 
     def _copy(self, stage: _Stage, s: Copy | Add) -> Image:
-        """COPY and ADD, S already expanded: context (or stage) paths, then heredocs as files."""
-        from .copying import CopyJob, InlineTree, context_sources
+        """COPY and ADD, S already expanded: context (or stage) paths, ADD's URLs (downloaded
+        first, for the cache key is their content), then heredocs as files."""
+        from ..image.local import stage_dir
+        from .remote import RemoteTree, download, is_url, source_name
 
         kind = s.keyword
         if s.exclude:
@@ -564,10 +567,9 @@ class Builder:
                         "list what to leave out in .dockerignore")
         if isinstance(s, Copy) and s.parents:
             raise error(s, "COPY --parents is not supported by this builder yet", "COPY each directory to its place")
-        if isinstance(s, Add) and (s.checksum or s.keep_git_dir):
-            raise error(s, f"ADD --{'checksum' if s.checksum else 'keep-git-dir'} is for remote sources, which "
-                        "this builder does not support yet",
-                        "download the file into the build context and ADD or COPY it from there")
+        if isinstance(s, Add) and s.keep_git_dir:
+            raise error(s, "ADD --keep-git-dir is for git sources, which this builder does not support yet",
+                        "clone the repository into the build context and ADD or COPY it from there")
         # --link is accepted: it changes how BuildKit may rebase the layer, not what it holds.
         srcs, dest = list(s.sources), s.dest
         chmod = None
@@ -576,10 +578,29 @@ class Builder:
                 chmod = int(s.chmod, 8)
             except ValueError:
                 raise error(s, f"invalid chmod parameter {s.chmod}", "give octal permission bits, e.g. 0755") from None
-        for src in srcs:
-            if isinstance(s, Add) and src.startswith(("http://", "https://")):
-                raise BuildError(f"ADD {src}: downloading URLs is not supported yet",
-                                 "download the file into the build context and ADD or COPY it from there")
+        urls = [src for src in srcs if isinstance(s, Add) and is_url(src)]
+        local = [src for src in srcs if not (isinstance(s, Add) and is_url(src))]
+        if isinstance(s, Add) and s.checksum and (local or s.heredocs or len(urls) != 1):
+            raise error(s, "ADD --checksum is for one HTTP(S) source alone",
+                        "ADD the URL whose content is pinned on a line of its own")
+        downloads: Path | None = None
+        try:
+            remote = None
+            if urls:
+                assert isinstance(s, Add)
+                downloads = stage_dir(self.store, "download-")
+                got = [download(url, downloads, s.checksum) for url in urls]
+                remote = RemoteTree([(source_name(d.url, d.name, dest), d) for d in got])
+            return self._copy_sources(stage, s, local, remote, chmod)
+        finally:
+            if downloads is not None:
+                shutil.rmtree(downloads, ignore_errors=True)
+
+    def _copy_sources(self, stage: _Stage, s: Copy | Add, local: list[str], remote: RemoteTree | None,
+                      chmod: int | None) -> Image:
+        from .copying import CopyJob, InlineTree, context_sources
+
+        kind, srcs, dest = s.keyword, list(s.sources), s.dest
         source_from = s.from_ if isinstance(s, Copy) else None
         inline = {h.name: h.content.encode() for h in s.heredocs}
         workdir = str(stage.image.cfg.get("WorkingDir") or "/")
@@ -594,11 +615,17 @@ class Builder:
                                 for layer in reversed(src_image.layers))
             hashes.append(cachemod.step_key(src_image.id, json.dumps(srcs), {}))
             count, first_is_dir = len(srcs), True
-        elif srcs:
-            found = context_sources(self.context, srcs, self.rules, kind)
+        elif local:
+            found = context_sources(self.context, local, self.rules, kind)
             rels = [rel for rel, _ in found.items]
             hashes.append(cachemod.hash_tree(found.tree, rels, rels))
             count, first_is_dir = len(found.items), bool(found.items and found.items[0][1].is_dir)
+        if remote is not None:
+            # Docker keys a download by its content and name, not its time: the same bytes hit.
+            rels = remote.rels()
+            hashes.append(cachemod.hash_tree(remote, rels, [os.path.basename(rel) for rel in rels]))
+            first_is_dir = first_is_dir if count else False
+            count += len(rels)
         if inline:
             names = InlineTree(inline).names(b"")
             hashes.append(cachemod.hash_tree(InlineTree(inline), names, names))
@@ -616,10 +643,11 @@ class Builder:
         hit = self._cached(stage, key)
         if hit is not None:
             return hit
-        job = CopyJob(kind=kind, srcs=srcs, dest=dest, workdir=workdir, chown=s.chown, chmod=chmod,
+        job = CopyJob(kind=kind, srcs=local, dest=dest, workdir=workdir, chown=s.chown, chmod=chmod,
                       context=None if source_from else self.context, rules=self.rules,
                       from_lowers=lowers_from, extract_archives=isinstance(s, Add) and s.unpack is not False,
-                      inline=inline, inline_mtime_ns=time.time_ns())
+                      inline=inline, inline_mtime_ns=time.time_ns(), remote=remote,
+                      extract_remote=isinstance(s, Add) and s.unpack is True)
         layer = self._copy_layer(stage.image, job)
         config = self._next_config(stage, created_by, empty=False)
         return self._commit(stage, key, config, [*stage.image.layers, layer])

@@ -8,7 +8,9 @@ inline sources: each heredoc a 0644 file named by its delimiter (``InlineTree``)
 on the way are made 0755, owned like the copied files.  Every file gets root's
 ownership unless ``--chown`` names another user (looked up in the image's /etc/passwd
 and /etc/group), keeps its mode unless ``--chmod``, and keeps its time.  ADD extracts a
-local tar archive (plain, gzip, bzip2 or xz) into the destination instead.
+local tar archive (plain, gzip, bzip2 or xz) into the destination instead; what ADD
+downloads from a URL (``remote``) is placed as one more file, never extracted unless
+``--unpack=true``.
 
 The writing runs in a child standing where fusefs stands (``enter``): the sources are
 written into a fresh upper layer over the image's layers (``rootfs.LayerSink``), and
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..runtime.tree import DiskTree, Meta, Tree, join, resolve, split
 from .ignore import Matcher
 from .instructions import BuildError
+from .remote import RemoteTree
 
 if TYPE_CHECKING:
     from ..runtime.idmap import IdMap
@@ -173,6 +176,8 @@ class CopyJob:
     extract_archives: bool
     inline: Mapping[str, bytes] | None = None  # COPY <<EOF: heredoc name -> content, after SRCS
     inline_mtime_ns: int = 0
+    remote: RemoteTree | None = None           # ADD URL: the downloads, after SRCS
+    extract_remote: bool = False               # ADD --unpack=true URL
 
 
 def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, ids: IdMap) -> None:
@@ -200,6 +205,8 @@ def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, id
                 src_fs = ContainerFS(LayerPaths(os.fsencode(str(where / "src-upper")),
                                                 os.fsencode(str(where / "src-work")), job.from_lowers))
                 groups.append(Found(src_fs, find_sources(src_fs, job.srcs, job.kind, "the source stage")))
+            if job.remote is not None:
+                groups.append(job.remote.found())
             if job.inline:
                 groups.append(InlineTree(job.inline, job.inline_mtime_ns).found())
             sink = LayerSink(paths)
@@ -235,7 +242,8 @@ def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> Non
             for child in found.tree.names(rel):
                 _copy(found.tree, join(rel, child), sink, join(dest_rel, child), owner, job.chmod)
             continue
-        if (job.extract_archives and not isinstance(found.tree, InlineTree) and meta.kind == stat.S_IFREG
+        if (job.extract_archives and not isinstance(found.tree, InlineTree)
+                and (job.extract_remote or not isinstance(found.tree, RemoteTree)) and meta.kind == stat.S_IFREG
                 and _is_archive(found.tree, rel)):
             _mkdirs(tree, sink, dest_rel, owner)
             _extract(found.tree, rel, sink, dest_rel, owner if job.chown else None)

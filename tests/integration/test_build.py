@@ -278,8 +278,8 @@ def test_scratch_and_refusals(cli: Cli, busybox: str, tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x\n")
     build(cli, tmp_path, "-t", "fromscratch", dockerfile="FROM scratch\nCOPY f /f\nCMD [\"/f\"]\n")
     assert len(inspect(cli, "fromscratch")["RootFS"]["Layers"]) == 1
-    out = build(cli, tmp_path, code=125, dockerfile=f"FROM {busybox}\nADD https://example.com/x /x\n")
-    assert "downloading URLs is not supported yet" in out
+    out = build(cli, tmp_path, code=125, dockerfile=f"FROM {busybox}\nADD --checksum=sha256:{'0' * 64} f /f\n")
+    assert "ADD --checksum is for one HTTP(S) source alone" in out
     out = build(cli, tmp_path, code=125, dockerfile=f"FROM {busybox}\nCOPY missing /x\n")
     assert "file not found in build context" in out
     out = build(cli, tmp_path, "--target", "nope", code=125, dockerfile=f"FROM {busybox}\n")
