@@ -7,7 +7,8 @@ one in the image; otherwise it is the new name of the one source.  ``COPY <<EOF`
 inline sources: each heredoc a 0644 file named by its delimiter (``InlineTree``).  Missing directories
 on the way are made 0755, owned like the copied files.  Every file gets root's
 ownership unless ``--chown`` names another user (looked up in the image's /etc/passwd
-and /etc/group), keeps its mode unless ``--chmod``, and keeps its time.  ADD extracts a
+and /etc/group) or it comes from another stage or image, where it keeps its owner; it
+keeps its mode unless ``--chmod``, and its time.  ADD extracts a
 local tar archive (plain, gzip, bzip2 or xz) into the destination instead; what ADD
 downloads from a URL (``remote``) is placed as one more file, never extracted unless
 ``--unpack=true``.
@@ -225,6 +226,10 @@ def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, id
 
 def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> None:
     owner = parse_chown(job.chown, tree) if job.chown else (0, 0)
+    # What COPY --from takes from another stage or image keeps its owners unless --chown
+    # (docker since 19.03: the stage set them on purpose); the directories made on the way
+    # are still root's.
+    keep_owners = job.from_lowers is not None and not job.chown
     dest = job.dest if job.dest.startswith("/") else posixpath.join(job.workdir, job.dest)
     count = sum(len(found.items) for found in groups)
     into_dir = (job.dest.endswith("/") or job.dest.endswith("/.") or job.dest in (".", "")
@@ -237,10 +242,11 @@ def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> Non
         raise BuildError(f"When using {job.kind} with more than one source file, the destination must be a "
                          "directory and end with a /")
     for found, rel, meta in ((found, rel, meta) for found in groups for rel, meta in found.items):
+        own = None if keep_owners and not isinstance(found.tree, (InlineTree, RemoteTree)) else owner
         if meta.is_dir:
             _mkdirs(tree, sink, dest_rel, owner)
             for child in found.tree.names(rel):
-                _copy(found.tree, join(rel, child), sink, join(dest_rel, child), owner, job.chmod)
+                _copy(found.tree, join(rel, child), sink, join(dest_rel, child), own, job.chmod)
             continue
         if (job.extract_archives and not isinstance(found.tree, InlineTree)
                 and (job.extract_remote or not isinstance(found.tree, RemoteTree)) and meta.kind == stat.S_IFREG
@@ -255,7 +261,7 @@ def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> Non
             _mkdirs(tree, sink, dest_rel, owner)
         elif parent:
             _mkdirs(tree, sink, parent, owner)
-        _copy(found.tree, rel, sink, target, owner, job.chmod, meta)
+        _copy(found.tree, rel, sink, target, own, job.chmod, meta)
 
 
 def _mkdirs(tree: Tree, sink: Sink, rel: bytes, owner: tuple[int, int]) -> None:
@@ -274,8 +280,9 @@ def _mkdirs(tree: Tree, sink: Sink, rel: bytes, owner: tuple[int, int]) -> None:
         sink.settle(here, Meta(stat.S_IFDIR, 0o755, 0, 0), owner, {})
 
 
-def _copy(src: Tree, rel: bytes, sink: Sink, dest: bytes, owner: tuple[int, int], chmod: int | None,
+def _copy(src: Tree, rel: bytes, sink: Sink, dest: bytes, owner: tuple[int, int] | None, chmod: int | None,
           meta: Meta | None = None) -> None:
+    """REL of SRC, recursively, as DEST; everything OWNER's (None: the owner it has in SRC)."""
     meta = meta or src.meta(rel)
     if meta is None:
         return
@@ -299,7 +306,7 @@ def _copy(src: Tree, rel: bytes, sink: Sink, dest: bytes, owner: tuple[int, int]
         return   # sockets and devices are not copied
     if chmod is not None and meta.kind != stat.S_IFLNK:
         meta = replace(meta, perm=chmod)
-    sink.settle(dest, meta, owner, {})
+    sink.settle(dest, meta, owner if owner is not None else (meta.uid, meta.gid), {})
 
 
 def _is_archive(tree: Tree, rel: bytes) -> bool:

@@ -180,6 +180,21 @@ CMD ["cat", "/app/artifact"]
     assert "/app" not in run(cli, "multi-builder", "ls", "/")
 
 
+def test_copy_from_a_stage_keeps_owners(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    build(cli, tmp_path, "-t", "from-owners", dockerfile=f"""\
+FROM {busybox} AS made
+RUN mkdir -p /out/sub && touch /out/sub/f /out/g && chown -R 1000:50 /out/sub && chown 1234:1234 /out/g
+FROM {busybox}
+COPY --from=made /out /copied
+COPY --from=made --chown=app:app /out/g /chowned
+""")
+    out = run(cli, "from-owners", "stat", "-c", "%u:%g %n", "/copied", "/copied/sub", "/copied/sub/f", "/copied/g",
+              "/chowned")
+    # The made directory is root's; what the stage owned keeps its owner unless --chown.
+    assert out.splitlines() == ["0:0 /copied", "1000:50 /copied/sub", "1000:50 /copied/sub/f", "1234:1234 /copied/g",
+                                "1000:1000 /chowned"]
+
+
 def test_args_and_unused_build_args(cli: Cli, busybox: str, tmp_path: Path) -> None:
     out = build(cli, tmp_path, "-t", "argtest", "--build-arg", "GREETING=hello", "--build-arg", "NOBODY=x",
                 dockerfile=f"FROM {busybox}\nARG GREETING=hi\nARG OTHER=dflt\nRUN echo $GREETING $OTHER > /said\n")
