@@ -41,9 +41,21 @@ def _client(app: App, tls_verify: bool, cert_dir: str | None) -> RegistryClient:
 
 
 def _run(fn: Callable[[], Any]) -> Any:
+    """FN under trio.  What a nursery's task raises comes out wrapped in an ExceptionGroup;
+    a user's error in there (push's blob uploads refused without a login) is raised as
+    itself, so that it is printed as ``Error: ...``, not as a traceback."""
     import trio
 
-    return trio.run(fn)
+    try:
+        return trio.run(fn)
+    except BaseExceptionGroup as group:
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            mine = error.subgroup(lambda e: isinstance(e, RootlessError))
+            if mine is None:
+                raise
+            error = mine.exceptions[0]
+        raise error from None
 
 
 # -- pull / push ----------------------------------------------------------------------------------
