@@ -26,7 +26,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -121,11 +121,18 @@ class InlineTree:
 class Found:
     tree: Tree
     items: list[tuple[bytes, Meta]]
+    #: item index -> its name in a destination directory, where that is not its own: a
+    #: source named through a symlink is what the link points at, under the link's name
+    names: dict[int, bytes] = field(default_factory=dict)
+
+    def name(self, index: int) -> bytes:
+        rel = self.items[index][0]
+        return self.names.get(index) or (os.path.basename(rel) if rel else b".")
 
 
-def find_sources(tree: Tree, srcs: Sequence[str], kind: str, where: str) -> list[tuple[bytes, Meta]]:
+def find_sources(tree: Tree, srcs: Sequence[str], kind: str, where: str) -> Found:
     """The objects SRCS name in TREE (wildcards expanded, a final symlink followed)."""
-    out: list[tuple[bytes, Meta]] = []
+    found = Found(tree, [])
     for src in srcs:
         parts = split(os.fsencode(posixpath.normpath("/" + src)))
         if any(c in os.fsdecode(p) for p in parts for c in _GLOB):
@@ -134,12 +141,14 @@ def find_sources(tree: Tree, srcs: Sequence[str], kind: str, where: str) -> list
             rel = resolve(tree, b"/".join(parts), follow_last=True)
             meta = tree.meta(rel)
             matches = [(rel, meta)] if meta is not None else []
+            if matches and parts and os.path.basename(rel) != parts[-1]:
+                found.names[len(found.items)] = parts[-1]
         if not matches:
             raise BuildError(f"{kind} failed: file not found in {where}: stat {src}: file does not exist",
                              "check the path: it is relative to the build context" if where.startswith("build")
                              else None)
-        out.extend(matches)
-    return out
+        found.items.extend(matches)
+    return found
 
 
 def _glob(tree: Tree, rel: bytes, parts: list[bytes]) -> list[tuple[bytes, Meta]]:
@@ -159,8 +168,7 @@ def _glob(tree: Tree, rel: bytes, parts: list[bytes]) -> list[tuple[bytes, Meta]
 
 
 def context_sources(context: Path, srcs: Sequence[str], rules: Matcher, kind: str) -> Found:
-    tree = ContextTree(context, rules)
-    return Found(tree, find_sources(tree, srcs, kind, "build context or excluded by .dockerignore"))
+    return find_sources(ContextTree(context, rules), srcs, kind, "build context or excluded by .dockerignore")
 
 
 @dataclass
@@ -205,7 +213,7 @@ def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, id
                 assert job.from_lowers is not None
                 src_fs = ContainerFS(LayerPaths(os.fsencode(str(where / "src-upper")),
                                                 os.fsencode(str(where / "src-work")), job.from_lowers))
-                groups.append(Found(src_fs, find_sources(src_fs, job.srcs, job.kind, "the source stage")))
+                groups.append(find_sources(src_fs, job.srcs, job.kind, "the source stage"))
             if job.remote is not None:
                 groups.append(job.remote.found())
             if job.inline:
@@ -241,7 +249,7 @@ def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> Non
     if count > 1 and not (job.dest.endswith("/") or (dest_meta is not None and dest_meta.is_dir)):
         raise BuildError(f"When using {job.kind} with more than one source file, the destination must be a "
                          "directory and end with a /")
-    for found, rel, meta in ((found, rel, meta) for found in groups for rel, meta in found.items):
+    for found, index, (rel, meta) in ((found, i, item) for found in groups for i, item in enumerate(found.items)):
         own = None if keep_owners and not isinstance(found.tree, (InlineTree, RemoteTree)) else owner
         if meta.is_dir:
             _mkdirs(tree, sink, dest_rel, owner)
@@ -254,8 +262,7 @@ def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> Non
             _mkdirs(tree, sink, dest_rel, owner)
             _extract(found.tree, rel, sink, dest_rel, owner if job.chown else None)
             continue
-        name = os.path.basename(rel) if rel else b"."
-        target = join(dest_rel, name) if into_dir else dest_rel
+        target = join(dest_rel, found.name(index)) if into_dir else dest_rel
         parent = target.rpartition(b"/")[0]
         if into_dir:
             _mkdirs(tree, sink, dest_rel, owner)

@@ -50,11 +50,22 @@ def test_sources_with_wildcards_and_ignored_files(tmp_path: Path) -> None:
         (tmp_path / name).write_text(name)
     tree = ContextTree(tmp_path, ignore.matcher("skip.conf\n"))
     found = find_sources(tree, ["*.conf", "./c.txt"], "COPY", "build context")
-    assert [rel for rel, _ in found] == [b"a.conf", b"b.conf", b"c.txt"]
+    assert [rel for rel, _ in found.items] == [b"a.conf", b"b.conf", b"c.txt"]
     with pytest.raises(BuildError, match="file not found in build context"):
         find_sources(tree, ["skip.conf"], "COPY", "build context")
     with pytest.raises(BuildError):
         find_sources(tree, ["*.none"], "COPY", "build context")
+
+
+def test_a_source_named_through_a_symlink_is_its_target_under_the_links_name(tmp_path: Path) -> None:
+    (tmp_path / "real.txt").write_text("real")
+    (tmp_path / "x.conf").write_text("x")
+    os.symlink("real.txt", tmp_path / "link")
+    found = find_sources(ContextTree(tmp_path, ignore.matcher("")), ["link", "real.txt", "x.conf"], "COPY",
+                         "build context")
+    assert [rel for rel, _ in found.items] == [b"real.txt", b"real.txt", b"x.conf"]
+    # COPY link real.txt x.conf /dir/ makes /dir/link, /dir/real.txt and /dir/x.conf, as docker does
+    assert [found.name(i) for i in range(3)] == [b"link", b"real.txt", b"x.conf"]
 
 
 def test_chown_names_come_from_the_images_files(tmp_path: Path) -> None:
@@ -80,7 +91,7 @@ def test_an_exception_reincludes_a_file_under_an_excluded_directory(tmp_path: Pa
     assert tree.names(b"logs") == [b"keep.txt"]
     assert tree.meta(b"logs/sub") is None and tree.meta(b"cache") is None
     found = find_sources(tree, ["logs"], "COPY", "build context")
-    assert [rel for rel, _ in found] == [b"logs"]
+    assert [rel for rel, _ in found.items] == [b"logs"]
     with pytest.raises(BuildError):
         find_sources(tree, ["logs/drop.txt"], "COPY", "build context")
 
