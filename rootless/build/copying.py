@@ -25,6 +25,7 @@ import io
 import os
 import posixpath
 import stat
+import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -317,13 +318,21 @@ def _copy(src: Tree, rel: bytes, sink: Sink, dest: bytes, owner: tuple[int, int]
 
 
 def _is_archive(tree: Tree, rel: bytes) -> bool:
+    """Whether ADD unpacks REL: a tar, maybe compressed.  Docker reads the first header to
+    know, so a compressed file holding something else (a .gz of a text) is copied as it is."""
     from ..image import compression
 
     with tree.open(rel) as f:
-        head = f.read(512)
-    if compression.sniff(head) is not None:
-        return True
-    return len(head) >= 262 and head[257:262] == b"ustar"
+        try:
+            _, stream = compression.open_stream(f)
+            block = stream.read(tarfile.BLOCKSIZE)
+        except compression.CorruptStream:
+            return False
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def _extract(tree: Tree, rel: bytes, sink: Sink, dest: bytes, owner: tuple[int, int] | None) -> None:

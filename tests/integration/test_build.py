@@ -163,6 +163,17 @@ ADD one.txt /added.txt
     assert lines[13:] == ["from the tar", "one"]
 
 
+def test_add_unpacks_tars_only(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    import gzip
+
+    text = gzip.compress(b"not a tar\n")
+    (tmp_path / "text.gz").write_bytes(text)
+    (tmp_path / "looks.tar").write_bytes(b"x" * 1024)
+    build(cli, tmp_path, "-t", "add-plain", dockerfile=f"FROM {busybox}\nADD text.gz looks.tar /d/\n")
+    # docker reads a tar header to know an archive: a compressed text is copied as it is
+    assert run(cli, "add-plain", "sh", "-c", "ls /d; wc -c < /d/text.gz") == f"looks.tar\ntext.gz\n{len(text)}\n"
+
+
 def test_multi_stage_copy_from_and_target(cli: Cli, busybox: str, tmp_path: Path) -> None:
     text = f"""\
 ARG BASE={busybox}
