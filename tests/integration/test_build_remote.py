@@ -112,7 +112,7 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def test_downloads_are_named_dated_0600_and_never_extracted(cli: Cli, busybox: str, server: Served,
+def test_downloads_are_named_dated_0600_and_unpacked_only_if_asked(cli: Cli, busybox: str, server: Served,
                                                             tmp_path: Path) -> None:
     conf, tool, archive = b"key = value\n", b"#!/bin/sh\necho tool ran\n", tar_gz({"inner.txt": b"inside\n"})
     server.files.update({"/files/app.conf": (conf, MODIFIED), "/files/tool.sh": (tool, MODIFIED + 60),
@@ -128,11 +128,12 @@ ADD {u}/site.tar.gz /archives/
 ADD --chmod=0755 --chown=app:staff {u}/files/tool.sh /usr/local/bin/
 ADD {u}/files/app.conf {u}/files/tool.sh /both/
 ADD --checksum={sha256(conf)} {u}/files/app.conf /pinned
+ADD --unpack=true {u}/site.tar.gz /unpacked/
 """, "-t", "remote")
     out = run(cli, "remote", "cd /; for f in etc/app.conf work/renamed.conf nameless archives/site.tar.gz "
                              "usr/local/bin/tool.sh both/app.conf both/tool.sh pinned; do "
                              "stat -c '%n %a %u:%g %Y' $f; done; ls archives; cat /nameless; sha256sum /archives/*; "
-                             "/usr/local/bin/tool.sh")
+                             "/usr/local/bin/tool.sh; ls /unpacked; cat /unpacked/inner.txt")
     lines = out.splitlines()
     assert lines[:8] == [
         f"etc/app.conf 600 0:0 {MODIFIED}",
@@ -145,9 +146,9 @@ ADD --checksum={sha256(conf)} {u}/files/app.conf /pinned
         f"pinned 600 0:0 {MODIFIED}",
     ]
     assert int(lines[2].split()[-1]) > time.time() - 600   # no Last-Modified: the time of the download
-    assert lines[8:] == ["site.tar.gz", "no name", f"{sha256(archive)[7:]}  /archives/site.tar.gz", "tool ran"]
+    assert lines[8:] == ["site.tar.gz", "no name", f"{sha256(archive)[7:]}  /archives/site.tar.gz", "tool ran", "inner.txt", "inside"]
     history = cli("history", "--no-trunc", "--format", "{{.CreatedBy}}", "remote").output.splitlines()
-    assert re.fullmatch(r"/bin/sh -c #\(nop\) ADD file:[0-9a-f]+ in /pinned ", history[0])
+    assert re.fullmatch(r"/bin/sh -c #\(nop\) ADD file:[0-9a-f]+ in /pinned ", history[1])
 
 
 def test_a_name_the_url_lacks_must_be_given(cli: Cli, busybox: str, server: Served, tmp_path: Path) -> None:
