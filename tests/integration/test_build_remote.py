@@ -113,7 +113,7 @@ def sha256(data: bytes) -> str:
 
 
 def test_downloads_are_named_dated_0600_and_unpacked_only_if_asked(cli: Cli, busybox: str, server: Served,
-                                                            tmp_path: Path) -> None:
+                                                                  tmp_path: Path) -> None:
     conf, tool, archive = b"key = value\n", b"#!/bin/sh\necho tool ran\n", tar_gz({"inner.txt": b"inside\n"})
     server.files.update({"/files/app.conf": (conf, MODIFIED), "/files/tool.sh": (tool, MODIFIED + 60),
                          "/nameless/": (b"no name\n", None), "/site.tar.gz": (archive, MODIFIED)})
