@@ -397,7 +397,34 @@ class Builder:
         config["config"] = cfg
         if author is not None:
             config["author"] = author
-        return self._commit(stage, key, config, stage.image.layers)
+        layers = stage.image.layers
+        if isinstance(s, Workdir):
+            made = self._workdir_layer(stage.image, cfg["WorkingDir"], str(cfg.get("User") or ""))
+            if made is not None:
+                layers = [*layers, made]
+                del config["history"][-1]["empty_layer"]
+        return self._commit(stage, key, config, layers)
+
+    def _workdir_layer(self, image: Image, path: str, user: str) -> StoredLayer | None:
+        """A layer with WORKDIR's PATH where IMAGE lacks it, None where it is there: docker
+        makes it even if nothing uses it, with its missing parents, 0755 and USER's (BuildKit;
+        the classic builder made it root's, which left a USER unable to write there)."""
+        import tarfile
+
+        from ..image.local import stage_dir
+        from .copying import run_mkdir
+
+        where = stage_dir(self.store, "build-")
+        try:
+            lowers = tuple(os.fsencode(str(self.store.layer_path(layer.diff_id))) for layer in reversed(image.layers))
+            tar = where / "layer.tar"
+            run_mkdir(path, user, where, lowers, tar, self.ids)
+            with tarfile.open(tar) as t:
+                if t.next() is None:
+                    return None
+            return self._ingest(tar)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
 
     def _shell(self, stage: _Stage) -> list[str]:
         return list(stage.image.cfg.get("Shell") or DEFAULT_SHELL)

@@ -233,6 +233,35 @@ def run_copy(job: CopyJob, where: Path, lowers: tuple[bytes, ...], tar: Path, id
     enter.call(child, ids=ids)
 
 
+def run_mkdir(path: str, user: str, where: Path, lowers: tuple[bytes, ...], tar: Path, ids: IdMap) -> None:
+    """WORKDIR's directory: PATH, if missing, made with its missing parents (0755, owned by
+    USER as ``--chown`` names one; root where empty) over the layers LOWERS (top first).
+    The new layer goes to TAR, with no member where PATH was there already."""
+    import fusefs.overlay  # noqa: F401  (loaded before the fork)
+
+    from ..runtime import enter
+    from ..runtime.commit import changes, write_layer
+    from ..runtime.rootfs import ContainerFS, LayerPaths, LayerSink, UnionTree
+
+    for sub in ("upper", "work"):
+        (where / sub).mkdir()
+    paths = LayerPaths(os.fsencode(str(where / "upper")), os.fsencode(str(where / "work")), lowers)
+
+    def child() -> None:
+        sink = LayerSink(paths)
+        try:
+            tree = UnionTree(sink.ov)
+            rel = resolve(tree, os.fsencode(path), follow_last=True)
+            if tree.meta(rel) is None:
+                _mkdirs(tree, sink, rel, parse_chown(user, tree) if user else (0, 0))
+        finally:
+            sink.close()
+        with ContainerFS(paths) as fs, open(tar, "wb") as out:
+            write_layer(out, fs, changes(fs))
+
+    enter.call(child, ids=ids)
+
+
 def _place(job: CopyJob, groups: Sequence[Found], tree: Tree, sink: Sink) -> None:
     owner = parse_chown(job.chown, tree) if job.chown else (0, 0)
     # What COPY --from takes from another stage or image keeps its owners unless --chown

@@ -102,6 +102,22 @@ CMD /bin/sh
     assert run(cli, "mycentos:0.1", "sh", "-c", "pwd; cat made-here/file") == "/usr/local\nbuilt\n"
 
 
+def test_workdir_makes_its_directory_as_the_user(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    build(cli, tmp_path, "-t", "workdir-made", dockerfile=f"""\
+FROM {busybox}
+WORKDIR /etc
+WORKDIR /opt/tool
+USER app
+WORKDIR data/cache
+""")
+    doc = inspect(cli, "workdir-made")
+    assert doc["Config"]["WorkingDir"] == "/opt/tool/data/cache"
+    assert len(doc["RootFS"]["Layers"]) == len(inspect(cli, busybox)["RootFS"]["Layers"]) + 2   # /etc was there
+    out = run(cli, "workdir-made", "stat", "-c", "%u:%g %a %n", "/opt", "/opt/tool", "/opt/tool/data", ".")
+    # made even though nothing uses it, parents too, by the USER of the moment (as BuildKit does)
+    assert out.splitlines() == ["0:0 755 /opt", "0:0 755 /opt/tool", "1000:1000 755 /opt/tool/data", "1000:1000 755 ."]
+
+
 def test_cmd_is_replaced_and_entrypoint_is_appended_to(cli: Cli, busybox: str, tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     (tmp_path / "e").mkdir()
