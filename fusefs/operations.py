@@ -13,7 +13,9 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import pyfuse3
 
-from .overlay import Attr, Caller, Node, Overlay
+from .idspace import IdSpace
+from .metadata import Owner
+from .overlay import RENAME_EXCHANGE, Attr, Caller, Node, Overlay
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def fuse_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def entry_from(a: Attr) -> pyfuse3.EntryAttributes:
+def entry_from(a: Attr, ids: IdSpace) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = a.ino
     e.generation = 0
@@ -49,8 +51,8 @@ def entry_from(a: Attr) -> pyfuse3.EntryAttributes:
     e.attr_timeout = TIMEOUT
     e.st_mode = a.mode
     e.st_nlink = a.nlink
-    e.st_uid = a.uid
-    e.st_gid = a.gid
+    e.st_uid = ids.uid(a.uid)
+    e.st_gid = ids.gid(a.gid)
     e.st_rdev = a.rdev
     e.st_size = a.size
     e.st_blksize = a.blksize
@@ -69,15 +71,17 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: Overlay) -> None:
+    def __init__(self, fs: Overlay, ids: IdSpace | None = None) -> None:
+        """IDS: the owners the kernel can take; by default those of the namespace serving the mount."""
         super().__init__()
         self.fs = fs
+        self.ids = ids if ids is not None else IdSpace.of_process()
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         e = node.cached
         if e is not None:
             return e  # type: ignore[return-value]
-        e = entry_from(self.fs.getattr(node))
+        e = entry_from(self.fs.getattr(node), self.ids)
         if node.layer != 0 or self.fs.upper is None:
             node.cached = e  # lower layers never change: what we said stays true
         return e
@@ -152,7 +156,33 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: Any) -> None:
-        self.fs.rename(self.fs.get(parent_inode_old), name_old, self.fs.get(parent_inode_new), name_new, flags)
+        new_parent = self.fs.get(parent_inode_new)
+        replaced = None if flags & RENAME_EXCHANGE else self._hidden_owner(new_parent, name_new)
+        self.fs.rename(self.fs.get(parent_inode_old), name_old, new_parent, name_new, flags)
+        if replaced is not None:
+            self._carry_owner(self.fs.lookup(new_parent, name_new), replaced)
+
+    def _hidden_owner(self, parent: Node, name: bytes) -> Owner | None:
+        """The owner of PARENT/NAME where the kernel was shown 0 in its place, else None."""
+        try:
+            node = self.fs.lookup(parent, name)
+        except OSError:
+            return None
+        owner = self.fs.owner_of(node)
+        self.fs.drop_if_unused(node)
+        if (self.ids.uid(owner.uid), self.ids.gid(owner.gid)) == (owner.uid, owner.gid):
+            return None
+        return owner
+
+    def _carry_owner(self, node: Node, replaced: Owner) -> None:
+        # A file rewritten as a new file renamed over the old one (useradd's /etc/shadow, sed -i)
+        # gets the owner the program read and copied: 0 where the old one's could not be shown.
+        # That 0 stands for the old owner, which the program could not have named.
+        now = self.fs.owner_of(node)
+        uid = replaced.uid if now.uid == self.ids.uid(replaced.uid) != replaced.uid else None
+        gid = replaced.gid if now.gid == self.ids.gid(replaced.gid) != replaced.gid else None
+        if uid is not None or gid is not None:
+            self.fs.setattr(node, uid=uid, gid=gid)
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -164,3 +165,55 @@ def test_unexpected_exception_in_handler_answers_eio(layers):
         assert e.value.errno == errno.EROFS
 
     trio.run(call)
+
+
+def test_owners_a_single_uid_namespace_cannot_map_are_shown_as_root_and_kept(layers):
+    """Without subordinate ids only 0 exists: the kernel refuses writes to a file it is told
+    belongs to anyone else (useradd could not write /etc/gshadow, root:shadow)."""
+    import pyfuse3
+
+    from fusefs.idspace import IdSpace
+    from fusefs.operations import Operations
+
+    fs = overlay(layers)
+    a = fs.lookup(fs.root, b"a")
+    fs.setattr(a, uid=0, gid=42, mode=0o640)
+    single = Operations(fs, IdSpace(((0, 1),), ((0, 1),)))
+    full = Operations(fs, IdSpace(((0, 65537),), ((0, 65537),)))
+    fields = SimpleNamespace(update_size=False, update_mode=True, update_uid=False, update_gid=False,
+                             update_atime=False, update_mtime=False)
+    change = pyfuse3.EntryAttributes()
+    change.st_mode = stat.S_IFREG | 0o600
+
+    async def call():
+        shown = await single.getattr(a.ino)
+        assert (shown.st_uid, shown.st_gid, stat.S_IMODE(shown.st_mode)) == (0, 0, 0o640)
+        await single.setattr(a.ino, change, fields, None, None)  # type: ignore[arg-type]   # chmod as the kernel sends it: mode only
+        assert fs.owner_of(a) == Owner(0, 42, 0o600)
+        shown = await full.getattr(a.ino)
+        assert (shown.st_uid, shown.st_gid) == (0, 42)
+
+    trio.run(call)
+    assert IdSpace(((0, 1), (1, 65536)), ((0, 1),)).uid(65536) == 65536
+    assert IdSpace(((0, 1), (1, 65536)), ((0, 1),)).uid(65537) == 0
+
+
+def test_a_rename_over_a_file_with_a_hidden_owner_keeps_that_owner(layers):
+    """useradd writes /etc/shadow+ with the owner it read (0:0, as shown) and renames it over /etc/shadow."""
+    from fusefs.idspace import IdSpace
+    from fusefs.operations import Operations
+
+    fs = overlay(layers)
+    ops = Operations(fs, IdSpace(((0, 1),), ((0, 1),)))
+    fs.setattr(fs.lookup(fs.root, b"a"), uid=0, gid=42, mode=0o640)
+    for name, owner in ((b"new", (0, 0)), (b"mine", (0, 0))):
+        made, fh = fs.create(fs.root, name, 0o600, os.O_WRONLY, Caller(*owner))
+        fs.release(fh)
+
+    async def call():
+        await ops.rename(1, b"new", 1, b"a", 0, None)
+        await ops.rename(1, b"mine", 1, b"fresh", 0, None)   # nothing replaced: nothing carried
+
+    trio.run(call)
+    assert fs.owner_of(fs.lookup(fs.root, b"a")) == Owner(0, 42, 0o600)
+    assert fs.owner_of(fs.lookup(fs.root, b"fresh")) == Owner(0, 0, 0o600)
