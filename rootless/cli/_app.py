@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 
 
 class RootlessGroup(click.Group):
-    """Prints a RootlessError as docker does (``Error: ...``, hint on its own line) and exits 125."""
+    """Prints a RootlessError as docker does (``Error: ...``, hint on its own line) and exits 125,
+    as docker also does for a command's unknown flag or missing argument (click's usage errors)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            e.exit_code = 125
+            raise
         except RootlessError as e:
             click.echo(f"Error: {e.message}", err=True)
             if e.hint:
