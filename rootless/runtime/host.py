@@ -15,7 +15,6 @@ fakes the root and the ids, see ``proot.py``).  ``ROOTLESS_RUNTIME=userns|proot`
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -25,6 +24,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -182,20 +182,33 @@ def userns() -> Check:
     return explain_userns(try_userns(), read_sysctl, process_status("Seccomp"))
 
 
-def userns_available() -> bool:
-    return try_userns().ok
+#: A warm process (rootless/warm.py) probes once a minute and its command processes inherit
+#: the answer: (time.monotonic() of the probe, the answer).
+_userns_seen: tuple[float, bool] | None = None
+USERNS_PROBE_TTL = 60.0
+
+
+def userns_available(max_age: float = 0.0) -> bool:
+    """Whether a user namespace can be made; a probe of at most MAX_AGE seconds ago is reused."""
+    global _userns_seen
+    if _userns_seen is not None and time.monotonic() - _userns_seen[0] <= max_age:
+        return _userns_seen[1]
+    ok = try_userns().ok
+    _userns_seen = (time.monotonic(), ok)
+    return ok
 
 
 def runtime_mode(environ: Mapping[str, str] | None = None) -> str:
     """What ``run`` uses: ``userns`` where a user namespace can be made, else ``proot``.
 
-    ``ROOTLESS_RUNTIME`` forces one.  Cheap enough for every run: one fork.
+    ``ROOTLESS_RUNTIME`` forces one.  Cheap enough for every run: one fork, or none in a
+    command process of a warm process that probed less than a minute ago.
     """
     environ = os.environ if environ is None else environ
     forced = environ.get(RUNTIME_ENV, "").strip()
     if forced in (USERNS, PROOT):
         return forced
-    return USERNS if userns_available() else PROOT
+    return USERNS if userns_available(USERNS_PROBE_TTL) else PROOT
 
 
 # -- subordinate ids and the setuid helpers ---------------------------------------------------------
@@ -391,7 +404,7 @@ FS_MAGIC = {
 NETWORK_FS = {"nfs", "lustre", "gpfs", "cifs", "smb2", "smb", "ceph", "beegfs", "panfs", "afs", "9p"}
 STACKED_FS = {"overlay", "aufs", "fuse"}
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)   # by soname: find_library would run ldconfig
 
 
 def statfs_type(path: str) -> int:
