@@ -53,6 +53,12 @@ INIT_PATH = "/dev/init"
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+#: The signals a terminal sends its foreground process group (^C and ^\).
+TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+#: True when the engine runs in the caller's process group, so that ^C and ^\ on the caller's
+#: terminal reach the container's processes directly; False in a warm process (rootless/warm.py),
+#: which gets them from the caller and passes them on like the others.
+TERMINAL_SIGNALS = True
 
 
 class StartError(Exception):
@@ -105,6 +111,8 @@ class Started:
     helper_pid: int
     init_pid: int | None
     error: StartError | None
+    #: The handlers forward_signals replaced when start() installed it; wait() puts them back.
+    restore: dict[int, Any] | None = field(default=None, repr=False)
 
 
 def start(launch: Launch) -> Started:
@@ -155,21 +163,17 @@ def start(launch: Launch) -> Started:
             error = StartError(problem)
     if attachment:
         attachment.close()
-    return Started(pid, init_pid, error)
+    restore = forward_signals(init_pid) if init_pid is not None and error is None and not launch.detach else None
+    return Started(pid, init_pid, error, restore)
 
 
 def wait(started: Started) -> int:
-    """Wait for the helper (which outlives init) and return the container's exit code."""
-    def forward(signum: int, frame: object) -> None:
-        if started.init_pid is not None:
-            try:
-                os.kill(started.init_pid, signum)
-            except ProcessLookupError:
-                pass
+    """Wait for the helper (which outlives init) and return the container's exit code.
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
-    # ^C on the terminal reaches init directly (same process group); the engine keeps waiting.
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Signals go to init; without one (exec), to the helper, which passes them on.
+    """
+    target = started.init_pid if started.init_pid is not None else started.helper_pid
+    previous = started.restore if started.restore is not None else forward_signals(target)
     try:
         while True:
             try:
@@ -181,6 +185,23 @@ def wait(started: Started) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return exit_code(status)
+
+
+def forward_signals(target: int) -> dict[int, Any]:
+    """From now on the signals this process gets are TARGET's (see TERMINAL_SIGNALS); returns
+    the handlers they replace.  start() calls it as soon as init runs: a warm process's caller
+    may pass on a ^C while the engine is still recording the start."""
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.kill(target, signum)
+        except ProcessLookupError:
+            pass
+
+    previous: dict[int, Any] = {s: signal.signal(s, forward) for s in FORWARDED}
+    for s in TERMINAL:
+        # ^C on the terminal reaches the container directly (same process group); the engine keeps waiting.
+        previous[s] = signal.signal(s, signal.SIG_IGN if TERMINAL_SIGNALS else forward)
+    return previous
 
 
 def exit_code(status: int) -> int:
@@ -840,8 +861,7 @@ def _exec_child(init_pid: int, process: ProcessSpec, ids: IdMap, interactive: bo
     os.close(report_w)
     if tty_socket is not None:
         os.close(tty_socket)
-    for s in (signal.SIGINT, signal.SIGQUIT):
-        signal.signal(s, signal.SIG_IGN)
+    forward_signals(pid)
     return _wait_code(pid)
 
 
