@@ -1,5 +1,5 @@
-"""``python -m rootless``: the same as the ``rootless`` command."""
+"""``python -m rootless``: the same as the ``rootless`` command, warm start included."""
 
-from .cli import main
+from .warm import main
 
-main(prog_name="rootless")
+main()

@@ -8,6 +8,10 @@ import pytest
 
 from capabilities import PROBES, is_strict, verdict
 
+# `rootless` processes the tests start hand their commands to a warm process as a user's
+# do (rootless/warm.py); the suite's warm processes end 20 s after its last command.
+os.environ.setdefault("ROOTLESS_WARM", "20")
+
 _problems_key = pytest.StashKey[dict[str, str | None]]()
 
 

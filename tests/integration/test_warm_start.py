@@ -1,0 +1,203 @@
+"""Warm start as a user sees it: the second command is served by a warm process, and is the same
+command as without one: exit code, streams, environment, working directory and signals."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry import Registry
+from runcli import Cli
+from testimages import busybox_rootfs, make_image, push_all
+
+from rootless import warm
+
+pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry]
+
+
+@pytest.fixture(scope="module")
+def cli(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    made = {"busybox": make_image([busybox_rootfs()], {"Env": ["PATH=/bin"], "Cmd": ["sh"]})}
+    name = push_all(reg.host, made, tmp_path_factory.mktemp("images"))["busybox"]
+    c = Cli(tmp_path_factory.mktemp("warm"))
+    c("pull", "-q", name)
+    c("tag", name, "bb")
+    return c
+
+
+def servers(idle: float) -> list[int]:
+    """The warm processes of this test's callers (this process has their identity: same Python,
+    code, cgroup and namespaces) that wait IDLE seconds."""
+    name = warm.socket_name(idle).lstrip("\0")
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"rootless.warm" in argv and name.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def idle() -> Iterator[float]:
+    """An idle time no other test uses, so that this test's warm process is its own."""
+    seconds = round(random.uniform(100, 200), 3)
+    yield seconds
+    for pid in servers(seconds):
+        os.kill(pid, signal.SIGKILL)
+
+
+def env(cli: Cli, idle: float, **extra: str) -> dict[str, str]:
+    return {**os.environ, **cli.env, "ROOTLESS_WARM": str(idle), **extra}
+
+
+def rootless(cli: Cli, idle: float, *args: str, input: str | None = None, cwd: Path | None = None,
+             **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli.argv(*args), env=env(cli, idle, **extra), input=input, capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+def warmed(cli: Cli, idle: float) -> int:
+    """Start the warm process with a first command, and return its pid once it listens."""
+    assert rootless(cli, idle, "ps").returncode == 0
+    assert wait_for(lambda: servers(idle)), "no warm process was started"
+    [pid] = servers(idle)
+    assert wait_for(lambda: listening(idle))
+    return pid
+
+
+def listening(idle: float) -> bool:
+    """Whether the warm process has bound its socket (until then commands run the ordinary way):
+    an abstract socket shows in /proc/net/unix as @NAME."""
+    name = "@" + warm.socket_name(idle).lstrip("\0")
+    with open("/proc/net/unix") as f:
+        return any(line.split()[-1] == name for line in f if len(line.split()) >= 8)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_the_first_command_starts_a_warm_process_and_the_next_is_forked_from_it(cli: Cli, idle: float) -> None:
+    assert servers(idle) == []
+    server = warmed(cli, idle)
+    slow = subprocess.Popen(cli.argv("run", "--rm", "bb", "sleep", "2"), env=env(cli, idle),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # The command process is the warm process's child, not the caller's.
+        assert wait_for(lambda: bool(children(server)), timeout=10)
+        assert children(slow.pid) == []
+    finally:
+        assert slow.wait(timeout=30) == 0
+    assert servers(idle) == [server]   # one warm process serves every command
+
+
+def test_exit_code_streams_and_stdin_are_the_callers(cli: Cli, idle: float) -> None:
+    warmed(cli, idle)
+    done = rootless(cli, idle, "run", "--rm", "-i", "bb", "sh", "-c", "cat; echo to-stderr >&2; exit 7",
+                    input="piped in\n")
+    assert (done.returncode, done.stdout, done.stderr) == (7, "piped in\n", "to-stderr\n")
+    missing = rootless(cli, idle, "run", "--rm", "bb", "no-such-command")
+    assert missing.returncode == 127 and 'exec: "no-such-command": executable file not found' in missing.stderr
+    bad = rootless(cli, idle, "run", "--rm", "--no-such-flag", "bb")
+    assert bad.returncode == 125 and "no such option" in bad.stderr.lower()
+
+
+def test_environment_and_working_directory_are_the_callers(cli: Cli, idle: float, tmp_path: Path) -> None:
+    warmed(cli, idle)
+    (tmp_path / "vars.env").write_text("FROM_FILE=file-value\n")
+    done = rootless(cli, idle, "run", "--rm", "-e", "FROM_CALLER", "--env-file", "vars.env", "bb",
+                    "sh", "-c", "echo $FROM_CALLER $FROM_FILE", cwd=tmp_path, FROM_CALLER="caller-value")
+    assert (done.returncode, done.stdout) == (0, "caller-value file-value\n"), done.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 42), (signal.SIGINT, 43)])
+def test_signals_to_the_caller_reach_the_container(cli: Cli, idle: float, sig: signal.Signals, code: int) -> None:
+    warmed(cli, idle)
+    script = 'trap "echo got-term; exit 42" TERM; trap "echo got-int; exit 43" INT; echo ready; ' \
+             'while :; do sleep 0.1; done'
+    proc = subprocess.Popen(cli.argv("run", "--rm", "bb", "sh", "-c", script), env=env(cli, idle),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == code
+        assert proc.stdout.read() == ("got-term\n" if code == 42 else "got-int\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_killed_warm_process_is_replaced_and_no_command_is_lost(cli: Cli, idle: float) -> None:
+    first = warmed(cli, idle)
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: first not in servers(idle))
+    done = rootless(cli, idle, "run", "--rm", "bb", "echo", "still-runs")
+    assert (done.returncode, done.stdout) == (0, "still-runs\n"), done.stderr
+    assert wait_for(lambda: servers(idle) not in ([], [first]))
+
+
+def test_a_warm_process_leaves_after_its_idle_time(cli: Cli) -> None:
+    short = round(random.uniform(1, 2), 3)
+    try:
+        warmed(cli, short)
+        assert wait_for(lambda: servers(short) == [], timeout=short + 10)
+    finally:
+        for pid in servers(short):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_warm_start_off_starts_no_warm_process(cli: Cli, idle: float, tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"warm-start": false}')
+    before = set(_all_warm())
+    for environment in ({"ROOTLESS_WARM": "0"}, {"ROOTLESS_WARM": "", "ROOTLESS_CONFIG": str(config)}):
+        done = subprocess.run(cli.argv("run", "--rm", "bb", "true"), env={**os.environ, **cli.env, **environment},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    time.sleep(0.5)
+    assert set(_all_warm()) <= before
+
+
+def _all_warm() -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if b"rootless.warm" in f.read().split(b"\0"):
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
