@@ -98,6 +98,7 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     from ..runtime import network as net
     from ..runtime import spec
     from ..runtime import volumes as vol
+    from ..runtime.containers import now
 
     record = _image_for_run(app, image, pull, platform)
     config = read_config(app.store, record)
@@ -117,40 +118,43 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
     if use_init:
         _init_binary()
     lowers = [str(app.store.layer_path(d)) for d in reversed(record.layers)]
+    containers = _containers(app)
+    cid = containers.new_id()
+    host = hostname or cid[:12]
     process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
-                         hostname="", tty=False)
-    container = _containers(app).create(name, {
+                         hostname=host, tty=tty)
+    # One write makes the whole record, launch and start time included (mark_starting's part):
+    # each write is an fsync and a rename on the way to the container's command.
+    container = containers.create(name, {
         "Image": record.id,
         "Path": process.args[0], "Args": list(process.args[1:]),
         "Config": {"Image": image, "Entrypoint": [entrypoint] if entrypoint else image_config.get("Entrypoint"),
                    "Cmd": list(args) or image_config.get("Cmd"), "WorkingDir": process.cwd, "User": process.user,
-                   "Labels": image_config.get("Labels")},
+                   "Labels": image_config.get("Labels"), "Hostname": host, "Env": list(process.env), "Tty": tty,
+                   "OpenStdin": interactive},
         "HostConfig": {"NetworkMode": network, "PortBindings": net.port_bindings(ports) or None,
                        "PublishAllPorts": publish_all, "AutoRemove": remove, "ReadonlyRootfs": read_only,
                        "Binds": list(volume) or None, "Tmpfs": {t.partition(":")[0]: t.partition(":")[2]
                                                                  for t in tmpfs} or None},
         "Mounts": [m.record() for m in mounts],
         "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0,
-                  "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
+                  "StartedAt": now(), "FinishedAt": "0001-01-01T00:00:00Z"},
         "Layers": list(record.layers),
         "IdMap": {"Subids": _use_subids(app)},
-    })
-    host = hostname or container.id[:12]
-    process = spec.build(image_config, args, entrypoint=entrypoint, env=env_items, workdir=workdir, user=user,
-                         hostname=host, tty=tty)
-    container.record["Config"].update(Hostname=host, Env=list(process.env), Tty=tty, OpenStdin=interactive)
-    container.record["Launch"] = {"Process": {"Args": list(process.args), "Env": list(process.env),
-                                              "Cwd": process.cwd, "User": process.user},
-                                  "Hostname": host, "Network": network, "Ports": [p.as_json() for p in ports],
-                                  "Lowers": lowers,
-                                  "Interactive": interactive, "Tty": tty, "ReadOnly": read_only,
-                                  "Mounts": [dataclasses.asdict(m) for m in mounts], "Init": use_init}
-    container.save()
-    sys.exit(_start(app, container, detach=detach, interactive=interactive, remove=remove))
+        "Launch": {"Process": {"Args": list(process.args), "Env": list(process.env),
+                               "Cwd": process.cwd, "User": process.user},
+                   "Hostname": host, "Network": network, "Ports": [p.as_json() for p in ports],
+                   "Lowers": lowers,
+                   "Interactive": interactive, "Tty": tty, "ReadOnly": read_only,
+                   "Mounts": [dataclasses.asdict(m) for m in mounts], "Init": use_init},
+    }, cid)
+    sys.exit(_start(app, container, detach=detach, interactive=interactive, remove=remove, fresh=True))
 
 
-def _start(app: App, container: Container, *, detach: bool, interactive: bool, remove: bool) -> int:
-    """Start CONTAINER from its record; attached, wait and return its exit code."""
+def _start(app: App, container: Container, *, detach: bool, interactive: bool, remove: bool,
+           fresh: bool = False) -> int:
+    """Start CONTAINER from its record; attached, wait and return its exit code.  A FRESH container
+    was just made with its start time in it."""
     from ..runtime import idmap, launch, network, spec
     from ..runtime.containers import mark_exited, mark_running, mark_starting
     from ..runtime.volumes import Mount
@@ -196,7 +200,8 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
         job.tty_socket, job.tty_receiver, job.winsize = pair[1].fileno(), pair[0].fileno(), terminal_size()
     sys.stdout.flush()
     sys.stderr.flush()
-    mark_starting(container)
+    if not fresh:
+        mark_starting(container)
     started = launch.start(job)
     master = None
     if pair is not None:

@@ -102,11 +102,16 @@ class Containers:
         out.sort(key=lambda c: str(c.record.get("Created", "")), reverse=True)
         return out
 
-    def create(self, name: str | None, record: dict[str, Any]) -> Container:
-        """A new container directory and record; the name is checked and taken under the lock."""
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(32)
+
+    def create(self, name: str | None, record: dict[str, Any], cid: str | None = None) -> Container:
+        """A new container directory and record (id CID, else a new one); the name is checked and
+        taken under the lock."""
         if name is not None and not _NAME.match(name):
             raise RootlessError(f'Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
-        cid = secrets.token_hex(32)
+        cid = cid or self.new_id()
         with self.locked():
             taken = {c.name: c for c in self.all()}
             if name is None:
