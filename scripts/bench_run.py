@@ -13,7 +13,9 @@ the host is spread over all of them; the load average is printed with each table
 Contenders:
 
 * rootless: ``rootless --root STORE run --rm --network MODE IMG true`` for host, none
-  and the default mode, whose backend (pasta or slirp4netns) the row names.
+  and the default mode, whose backend (pasta or slirp4netns) the row names.  These go
+  through its warm process (rootless/warm.py), which the warm-up try starts; the
+  ``rootless (no warm)`` rows run with ROOTLESS_WARM=0: the engine loaded by every command.
 * podman: rootless podman 4 with the overlay driver and fuse-overlayfs as
   mount_program (as bench-pull runs it), ``--runtime runc``: crun 1.8 refuses to start
   anything on a host whose cgroup v2 hierarchy holds a controller while v1 is mounted
@@ -35,7 +37,7 @@ Parts:
    that carries this run's marker in its environment or names the engine's store or
    runtime directory on its command line, less the container's own process tree.
    podman's pause process is one per user, whatever the number of containers: it is
-   shown apart.
+   shown apart, as is rootless's warm process (one per user, gone after 10 minutes idle).
 4. ten idle containers of debian (not with --quick; root only: it drops the page cache
    first): the engines' PSS, and the page cache the image takes, measured with fincore
    on the files the engine serves the containers from (rootless: the layer tar and its
@@ -83,6 +85,7 @@ TEN = 10
 #: Tries of the ten-container part of one engine while someone else keeps dropping the caches.
 ATTEMPTS = 3
 HOST, NONE, DEFAULT = "host", "none", "default"
+COLD = "rootless (no warm)"
 
 
 # --------------------------------------------------------------------------- processes and memory
@@ -378,6 +381,21 @@ class Rootless(Engine):
         out = self.call(["ps", "-aq"])
         self.remove(out.output.split() if out.rc == 0 else [])
 
+    def cold_env(self) -> dict[str, str]:
+        """The environment of a rootless that loads the engine itself: no warm process."""
+        return {**self.env, "ROOTLESS_WARM": "0"}
+
+    def warm_pid(self, marker: bytes) -> int | None:
+        """The warm process its commands started (it carries their environment, marker included)."""
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+                    environ = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+                    if b"rootless.warm" in argv and marker in environ:
+                        return int(entry.name)
+        return None
+
 
 class Podman(Engine):
     name = "podman"
@@ -576,6 +594,9 @@ class Bench:
                     shown = e.default_network if mode == DEFAULT else mode
                     rows.append(Row(e.name, shown, mode if e.name != "ch-run" else "-",
                                     None if e.problem else e.start_cmd(image, mode), e.env, error=e.problem))
+                if isinstance(e, Rootless):
+                    rows.append(Row(COLD, HOST, HOST, None if e.problem else e.start_cmd(image, HOST), e.cold_env(),
+                                    error=e.problem))
             rows.append(Row("unshare -Ur true", "-", "-", ["unshare", "-Ur", "true"], env))
             rows.append(Row("true (harness)", "-", "-", ["true"], env))
             log(f"start: {IMAGES[image]}, {self.a.tries} tries")
@@ -597,6 +618,8 @@ class Bench:
                         e.detach(image, "bench-exec", HOST)
                         started.append(e)
                     rows.append(row)
+                    if isinstance(e, Rootless):
+                        rows.append(Row(COLD, HOST, HOST, command, e.cold_env(), error=row.error))
                 log(f"exec: {IMAGES[image]}, {self.a.tries} tries")
                 time_rows(self.runner, rows, self.a.tries, f"exec {image}")
             finally:
@@ -628,6 +651,12 @@ class Bench:
         """RSS, PSS and USS of podman's pause process."""
         podman = self.by_name.get("podman")
         pid = podman.pause_pid() if isinstance(podman, Podman) and not podman.problem else None
+        return memory_of(pid) if pid is not None else None
+
+    def warm(self) -> tuple[int, int | None, int | None] | None:
+        """RSS, PSS and USS of rootless's warm process."""
+        rootless = self.by_name.get("rootless")
+        pid = rootless.warm_pid(self.marker) if isinstance(rootless, Rootless) and not rootless.problem else None
         return memory_of(pid) if pid is not None else None
 
     # -- 4. ten idle containers
@@ -746,7 +775,8 @@ def ten_table(image: str, ten: dict[str, Ten], load: tuple[Load, Load]) -> str:
     return "\n".join(lines)
 
 
-def idle_table(image: str, rows: list[Idle], pause: tuple[int, int | None, int | None] | None) -> str:
+def idle_table(image: str, rows: list[Idle], pause: tuple[int, int | None, int | None] | None,
+               warm: tuple[int, int | None, int | None] | None) -> str:
     lines = [f"\n== one idle container ({image}, {' '.join(IDLE)}): the engine's processes that stay =="]
     hdr = (f"{'contender':<12}{'network':<20}{'processes':<40}{'RSS':>11}{'PSS':>11}{'USS':>11}"
            f"{'PSS vs podman':>15}")
@@ -761,6 +791,9 @@ def idle_table(image: str, rows: list[Idle], pause: tuple[int, int | None, int |
     if pause:
         lines.append(f"  plus podman's pause process, one per user for all its containers: RSS {size(pause[0])}, "
                      f"PSS {size(pause[1])}, USS {size(pause[2])}")
+    if warm:
+        lines.append(f"  plus rootless's warm process, one per user for all its commands (gone after 10 minutes idle): "
+                     f"RSS {size(warm[0])}, PSS {size(warm[1])}, USS {size(warm[2])}")
     lines.append("  ch-run execs the command: nothing of it stays")
     return "\n".join(lines)
 
@@ -922,10 +955,11 @@ def measure_all(a: argparse.Namespace) -> int:
             idle_image = "busybox" if a.quick else "debian"
             log(f"idle: one {idle_image} container per engine and network mode")
             idle = b.idle(idle_image)
-            pause = b.pause()
-            tables.append(idle_table(IMAGES[idle_image], idle, pause))
+            pause, warm = b.pause(), b.warm()
+            tables.append(idle_table(IMAGES[idle_image], idle, pause, warm))
             print(tables[-1], flush=True)
-            report["idle"] = {"image": IMAGES[idle_image], "rows": [asdict(r) for r in idle], "podman_pause": pause}
+            report["idle"] = {"image": IMAGES[idle_image], "rows": [asdict(r) for r in idle], "podman_pause": pause,
+                              "rootless_warm": warm}
 
             if not a.quick and root:
                 usr = Path(chdirs["debian"]) / "usr"
