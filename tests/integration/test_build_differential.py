@@ -11,12 +11,13 @@ by nature), nor the history (buildah without ``--layers`` makes one layer per st
 Docker's documented behaviour is the reference.  Where buildah 1.28 (Debian 12's) does
 something else, the case names the path or field, what docker does (rootless must do that)
 and why; the test also checks that buildah still differs there, so that an allowance
-cannot outlive its reason unnoticed.  There are two: buildah leaves a RUN's mount points
-(/dev, /proc, /sys, /run, empty /etc/hosts, hostname, resolv.conf) in the image, and it
-runs the shell form of CMD and ENTRYPOINT with /bin/sh -c whatever SHELL says.  Where
-docker's two builders disagree, buildah sides with BuildKit (``docker build`` since 23.0)
-and so do we: COPY --from keeps the stage's owners, WORKDIR makes its directory the
-USER's.
+cannot outlive its reason unnoticed.  Buildah leaves a RUN's mount points (/dev, /proc,
+/sys, /run, empty /etc/hosts, hostname, resolv.conf) in the image; it runs the shell form
+of CMD and ENTRYPOINT with /bin/sh -c whatever SHELL says; ADD gives the destination the
+metadata of a tar's "." member, and keeps the tar's owners under --chown.  Where docker's
+two builders disagree, BuildKit (``docker build`` since 23.0) is the reference: COPY
+--from keeps the stage's owners, WORKDIR makes its directory the USER's (buildah agrees),
+ADD --chown applies to what it unpacks (buildah does not).
 """
 
 from __future__ import annotations
@@ -521,7 +522,45 @@ COPY sub /sub
 """, ignore_context)
 
 
-CASES = [CONFIG, SHELL, RUN_OWNERS, WORKDIR, COPY, ADD, STAGES, SCRATCH, IGNORE]
+def edges_context(ctx: Path) -> None:
+    write(ctx, "dir/a.txt", "a\n")
+    write(ctx, "dir/sub/b.txt", "b\n")
+    write(ctx, "d2/c.txt", "c\n")
+    write(ctx, "root.tar", tar_bytes([(".", "dir", 0o700, 1000, 1000, b""), ("./x", "file", 0o600, 1000, 1000, "x\n")]))
+    write(ctx, "owned.tar", tar_bytes([("o", "dir", 0o750, 4242, 4242, b""), ("o/f", "file", 0o640, 4242, 4242, "f\n")]))
+
+
+EDGES = Case("edges", """\
+FROM {busybox}
+RUN mkdir -m 1777 /shared
+USER 1234
+RUN touch /shared/by-1234
+WORKDIR /w1234
+USER app
+RUN touch /shared/by-app
+USER root
+ENV X a b c
+STOPSIGNAL 9
+COPY d* /globbed/
+COPY dir/ /dot/.
+ADD root.tar /tarroot
+ADD --chown=app:staff owned.tar /chowned-tar/
+COPY --from={busybox} /etc/motd /from-image
+""", edges_context, docker=(
+    *RUN_MOUNT_POINTS,
+    # moby's untar skips a "." member where the destination directory exists, and ADD makes it first
+    Docker("buildah gives the destination the metadata of the tar's \".\" member",
+           ("dir", 0o755, 0, 0, 0, "", ""), path="tarroot"),
+    # BuildKit applies ADD --chown to what it unpacks since v0.23 (moby/buildkit#1547); the
+    # classic builder, like buildah, kept the tar's owners
+    Docker("buildah keeps the tar's owners under ADD --chown", ("dir", 0o750, 1000, 50, 0, "", ""),
+           path="chowned-tar/o"),
+    Docker("buildah keeps the tar's owners under ADD --chown",
+           ("file", 0o640, 1000, 50, 2, hashlib.sha256(b"f\n").hexdigest(), ""), path="chowned-tar/o/f"),
+))
+
+
+CASES = [CONFIG, SHELL, RUN_OWNERS, WORKDIR, COPY, ADD, STAGES, SCRATCH, IGNORE, EDGES]
 
 
 # -- the comparison ------------------------------------------------------------------------------
