@@ -22,6 +22,14 @@ class Cli:
         self.env = {"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config"),
                     "XDG_DATA_HOME": str(self.home / ".local/share"), "DOCKER_CONFIG": str(self.home / ".docker")}
 
+    @classmethod
+    def with_images(cls, tmp: Path, *names: str) -> Cli:
+        """A store in TMP that has pulled NAMES (the module-scoped store most test modules share)."""
+        cli = cls(tmp)
+        for name in names:
+            cli("pull", "-q", name)
+        return cli
+
     def __call__(self, *args: str, input: str | None = None, code: int = 0) -> Result:
         result = CliRunner().invoke(main, ["--root", str(self.root), *args], input=input, env=self.env,
                                     catch_exceptions=False)

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from registry import Registry, running_registry
+from registry import Registry
 from runcli import Cli
-from testimages import busybox_rootfs, make_image, push
+from testimages import busybox_rootfs, make_image, push_all
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry]
-
-
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as r:
-        yield r
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +22,12 @@ def busybox(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
     rootfs["etc/passwd"] = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
     rootfs["etc/group"] = b"root:x:0:\napp:x:1000:\nstaff:x:50:\n"
     image = make_image([rootfs], {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]})
-    push(reg.host, "busybox:latest", image, tmp_path_factory.mktemp("busybox"))
-    return f"{reg.host}/busybox"
+    return push_all(reg.host, {"busybox": image}, tmp_path_factory.mktemp("busybox"))["busybox"]
 
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Cli:
-    c = Cli(tmp_path_factory.mktemp("build"))
-    c("pull", "-q", busybox)
-    return c
+    return Cli.with_images(tmp_path_factory.mktemp("build"), busybox)
 
 
 def build(cli: Cli, context: Path, *args: str, code: int = 0, dockerfile: str | None = None) -> str:

@@ -42,9 +42,9 @@ from typing import IO, Any
 import pytest
 
 from capabilities import verdict
-from registry import Registry, running_registry
+from registry import Registry
 from runcli import Cli
-from testimages import busybox_rootfs, make_image, push
+from testimages import busybox_rootfs, make_image, push_all
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry, pytest.mark.slow]
 
@@ -205,12 +205,6 @@ def build_rootless(cli: Cli, context: Path, tag: str, args: list[str], out: Path
 # -- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def busybox(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
     """busybox with users root, app (1000:1000) and nobody; groups root, app, staff (50); a few
     files to remove (/etc/motd, /usr/share/doc), an empty /srv and /web, a symlink to it."""
@@ -219,15 +213,12 @@ def busybox(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
                    "usr/share/doc/README": b"read me\n", "usr/share/doc/more": b"more\n", "srv": None,
                    "web": "srv"})
     image = make_image([rootfs], {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]})
-    push(reg.host, "busybox:latest", image, tmp_path_factory.mktemp("busybox"))
-    return f"{reg.host}/busybox"
+    return push_all(reg.host, {"busybox": image}, tmp_path_factory.mktemp("busybox"))["busybox"]
 
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Cli:
-    c = Cli(tmp_path_factory.mktemp("rootless"))
-    c("pull", "-q", busybox)
-    return c
+    return Cli.with_images(tmp_path_factory.mktemp("rootless"), busybox)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 
 from registry import Registry
 from runcli import Cli
-from testimages import busybox_rootfs, make_image, push
+from testimages import busybox_rootfs, make_image, push_all
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry]
 
@@ -73,15 +73,12 @@ def server() -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def busybox(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
     image = make_image([busybox_rootfs()], {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
-    push(reg.host, "busybox:latest", image, tmp_path_factory.mktemp("busybox"))
-    return f"{reg.host}/busybox"
+    return push_all(reg.host, {"busybox": image}, tmp_path_factory.mktemp("busybox"))["busybox"]
 
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Cli:
-    c = Cli(tmp_path_factory.mktemp("build-remote"))
-    c("pull", "-q", busybox)
-    return c
+    return Cli.with_images(tmp_path_factory.mktemp("build-remote"), busybox)
 
 
 def build(cli: Cli, context: Path, dockerfile: str, *args: str, code: int = 0) -> str:

@@ -10,15 +10,14 @@ import re
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mounts import subid_range
-from registry import Registry, running_registry
+from registry import Registry
 from runcli import Cli
-from testimages import busybox_rootfs, make_image, push
+from testimages import busybox_rootfs, make_image, push_all
 
 pytestmark = [pytest.mark.fuse, pytest.mark.userns, pytest.mark.registry]
 
@@ -31,12 +30,6 @@ DIFF = ["C /bin", "D /bin/vi", "C /data", "C /data/keep", "D /data/old", "C /etc
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def base(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
     """busybox and a second layer: a directory to remove and make again, a file to chmod, and
     /etc/resolv.conf as a symlink (which the runtime replaces to bind the host's over it)."""
@@ -44,15 +37,12 @@ def base(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
                                             "etc/resolv.conf": "../run/resolv.conf"}
     image = make_image([busybox_rootfs(), extra], {"Env": ["PATH=/bin", "FROM_IMAGE=1"], "Cmd": ["sh"],
                                                    "Labels": {"made": "here"}})
-    push(reg.host, "base:latest", image, tmp_path_factory.mktemp("push"))
-    return f"{reg.host}/base"
+    return push_all(reg.host, {"base": image}, tmp_path_factory.mktemp("push"))["base"]
 
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory, base: str) -> Cli:
-    c = Cli(tmp_path_factory.mktemp("commit"))
-    c("pull", "-q", base)
-    return c
+    return Cli.with_images(tmp_path_factory.mktemp("commit"), base)
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,6 @@ BUSYBOX = Path("/bin/busybox")
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def app_image(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Image:
     image = make_image(
         [{"bin/tool": b"#!/bin/sh\necho hi\n", "etc/os-release": b"ID=test\n"}, {"etc/motd": b"hello\n"}],
