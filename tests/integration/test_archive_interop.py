@@ -11,71 +11,30 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from capabilities import verdict
+from peers import Peer, peer
 from rootless.image import archive, local
 from rootless.image.store import Store
 
 pytestmark = pytest.mark.slow
 
 
-def podman_problem() -> str | None:
-    """Why podman cannot be used here, or None."""
-    if shutil.which("podman") is None:
-        return "podman is not on PATH (as root: apt-get install podman; scripts/setup installs it)"
-    return None
-
-
-class Podman:
-    def __init__(self, base: Path) -> None:
-        self.home = base / "home"
-        runtime = base / "xdg"
-        for d in (self.home, runtime):
-            d.mkdir(mode=0o700)
-        self.env = dict(os.environ, HOME=str(self.home), XDG_RUNTIME_DIR=str(runtime),
-                        XDG_CONFIG_HOME=str(self.home / ".config"), XDG_DATA_HOME=str(self.home / ".local/share"))
-        self.root = base / "storage"
-        self.runroot = tempfile.mkdtemp(prefix="rl-podman.")  # podman wants a runroot under 50 characters
-        self.cmd = ["podman", "--root", str(self.root), "--runroot", self.runroot, "--storage-driver", "vfs",
-                    "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
-
-    def __call__(self, *args: str) -> str:
-        r = subprocess.run(self.cmd + list(args), env=self.env, capture_output=True, text=True, timeout=180)
-        assert r.returncode == 0, f"podman {' '.join(args)}: {r.stderr}"
-        return r.stdout
-
-    def inspect(self, name: str) -> dict[str, Any]:
-        [doc] = json.loads(self("image", "inspect", name))
-        return doc
-
-    def close(self) -> None:
-        # vfs layers hold files owned by subordinate ids: only podman's user namespace can remove them.
-        subprocess.run(self.cmd + ["unshare", "rm", "-rf", str(self.root), self.runroot], env=self.env,
-                       capture_output=True, timeout=180)
-        shutil.rmtree(self.runroot, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    outcome = verdict("podman", podman_problem(), os.environ)
-    if outcome is not None:
-        if outcome.action == "fail":
-            pytest.fail(outcome.message, pytrace=False)
-        pytest.skip(outcome.message)
-    p = Podman(tmp_path_factory.mktemp("podman"))
-    try:
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    with peer("podman", tmp_path_factory.mktemp("podman")) as p:
         yield p
-    finally:
-        p.close()
+
+
+def inspect(podman: Peer, name: str) -> dict[str, Any]:
+    [doc] = json.loads(podman("image", "inspect", name))
+    return doc
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +68,19 @@ def config_of(store: Store, image_id: str) -> dict[str, Any]:
     return local.read_image(store, image_id).config
 
 
-def podman_image(podman: Podman, rootfs: Path, name: str, *changes: str) -> dict[str, Any]:
+def podman_image(podman: Peer, rootfs: Path, name: str, *changes: str) -> dict[str, Any]:
     args = ["import"]
     for change in changes:
         args += ["--change", change]
     podman(*args, str(rootfs), name)
-    return podman.inspect(name)
+    return inspect(podman, name)
 
 
 # -- podman's archives load here -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
-def test_podman_save_loads_here_with_the_same_id_layers_and_config(podman: Podman, rootfs: Path, store: Store,
+def test_podman_save_loads_here_with_the_same_id_layers_and_config(podman: Peer, rootfs: Path, store: Store,
                                                                    tmp_path: Path, fmt: str) -> None:
     name = f"localhost/from-podman-{fmt}:1"
     theirs = podman_image(podman, rootfs, name, 'CMD ["/bin/sh"]', "ENV GREETING=hello")
@@ -137,7 +96,7 @@ def test_podman_save_loads_here_with_the_same_id_layers_and_config(podman: Podma
     assert config["config"]["Env"] == theirs["Config"]["Env"]
 
 
-def test_podman_multi_image_docker_archive_loads_here(podman: Podman, rootfs: Path, store: Store,
+def test_podman_multi_image_docker_archive_loads_here(podman: Peer, rootfs: Path, store: Store,
                                                       tmp_path: Path) -> None:
     first = podman_image(podman, rootfs, "localhost/multi-a:1", 'CMD ["/bin/ls"]')
     second = podman_image(podman, rootfs, "localhost/multi-b:2", 'CMD ["/bin/cat"]')
@@ -155,7 +114,7 @@ def test_podman_multi_image_docker_archive_loads_here(podman: Podman, rootfs: Pa
 
 
 @pytest.mark.parametrize("fmt", [archive.DOCKER_ARCHIVE, archive.OCI_ARCHIVE])
-def test_our_save_loads_in_podman_with_the_same_layers_and_config(podman: Podman, rootfs: Path, store: Store,
+def test_our_save_loads_in_podman_with_the_same_layers_and_config(podman: Peer, rootfs: Path, store: Store,
                                                                   tmp_path: Path, fmt: str) -> None:
     name = f"localhost/from-rootless-{fmt}:1"
     with open(rootfs, "rb") as f:
@@ -170,7 +129,7 @@ def test_our_save_loads_in_podman_with_the_same_layers_and_config(podman: Podman
         archive.save(store, names, out, fmt)
     output = podman("load", "-i", str(saved))
     assert f"Loaded image: {name}" in output
-    theirs = podman.inspect(name)
+    theirs = inspect(podman, name)
     assert "sha256:" + theirs["Id"] == ours.id
     assert theirs["RootFS"]["Layers"] == list(ours.layers)
     assert theirs["Config"]["Cmd"] == ["/bin/sh", "-c", "echo hi"]
@@ -178,10 +137,10 @@ def test_our_save_loads_in_podman_with_the_same_layers_and_config(podman: Podman
     assert theirs["Config"]["WorkingDir"] == "/tmp"
     assert theirs["Comment"] == "made by rootless"
     if fmt == archive.DOCKER_ARCHIVE:
-        assert podman.inspect("docker.io/library/busybox:rootless-test")["Id"] == theirs["Id"]
+        assert inspect(podman, "docker.io/library/busybox:rootless-test")["Id"] == theirs["Id"]
 
 
-def test_round_trip_through_podman_keeps_the_image(podman: Podman, rootfs: Path, store: Store,
+def test_round_trip_through_podman_keeps_the_image(podman: Peer, rootfs: Path, store: Store,
                                                    tmp_path: Path) -> None:
     """Ours -> podman load -> podman save -> ours: the same image comes back."""
     with open(rootfs, "rb") as f:

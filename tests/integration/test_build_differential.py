@@ -29,10 +29,7 @@ import io
 import json
 import lzma
 import os
-import shutil
-import subprocess
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +38,7 @@ from typing import IO, Any
 
 import pytest
 
-from capabilities import verdict
+from peers import Peer, peer
 from registry import Registry
 from runcli import Cli
 from testimages import busybox_rootfs, make_image, push_all
@@ -157,42 +154,12 @@ def config_view(built: Built) -> dict[str, Any]:
 
 # -- the builders --------------------------------------------------------------------------------
 
-def buildah_problem() -> str | None:
-    if shutil.which("buildah") is None:
-        return "buildah is not on PATH (as root: apt-get install buildah; scripts/setup installs it)"
-    return None
-
-
-class Buildah:
-    """Rootless buildah with storage of its own (vfs: no mount program to depend on)."""
-
-    def __init__(self, base: Path) -> None:
-        home, runtime, tmp = base / "home", base / "xdg", base / "tmp"
-        for d in (home, runtime, tmp):
-            d.mkdir(mode=0o700)
-        self.env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(runtime), TMPDIR=str(tmp),
-                        XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local/share"))
-        self.root = base / "storage"
-        self.runroot = tempfile.mkdtemp(prefix="rl-buildah.")   # kept short: sockets may live under it
-        self.cmd = ["buildah", "--root", str(self.root), "--runroot", self.runroot, "--storage-driver", "vfs"]
-
-    def __call__(self, *args: str) -> str:
-        r = subprocess.run(self.cmd + list(args), env=self.env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"buildah {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
-        return r.stdout
-
-    def build(self, context: Path, tag: str, args: list[str], out: Path) -> Built:
-        # --pull=false: the module pulled the base once; buildah would otherwise ask the registry each build
-        self("bud", "--isolation", "chroot", "--format", "docker", "--identity-label=false", "--pull=false",
-             "--tls-verify=false", "-t", tag, *args, str(context))
-        self("push", "--quiet", tag, f"docker-archive:{out}:{tag}")
-        return read_docker_archive(out)
-
-    def close(self) -> None:
-        # vfs layers hold files owned by subordinate ids: only buildah's user namespace can remove them.
-        subprocess.run(self.cmd + ["unshare", "rm", "-rf", str(self.root)], env=self.env, capture_output=True,
-                       timeout=180)
-        shutil.rmtree(self.runroot, ignore_errors=True)
+def build_buildah(buildah: Peer, context: Path, tag: str, args: list[str], out: Path) -> Built:
+    # --pull=false: the module pulled the base once; buildah would otherwise ask the registry each build
+    buildah("bud", "--isolation", "chroot", "--format", "docker", "--identity-label=false", "--pull=false",
+            "--tls-verify=false", "-t", tag, *args, str(context))
+    buildah("push", "--quiet", tag, f"docker-archive:{out}:{tag}")
+    return read_docker_archive(out)
 
 
 def build_rootless(cli: Cli, context: Path, tag: str, args: list[str], out: Path) -> Built:
@@ -222,18 +189,10 @@ def cli(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Cli:
 
 
 @pytest.fixture(scope="module")
-def buildah(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Iterator[Buildah]:
-    outcome = verdict("buildah", buildah_problem(), os.environ)
-    if outcome is not None:
-        if outcome.action == "fail":
-            pytest.fail(outcome.message, pytrace=False)
-        pytest.skip(outcome.message)
-    b = Buildah(tmp_path_factory.mktemp("buildah"))
-    try:
+def buildah(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Iterator[Peer]:
+    with peer("buildah", tmp_path_factory.mktemp("buildah")) as b:
         b("pull", "--quiet", "--tls-verify=false", busybox)
         yield b
-    finally:
-        b.close()
 
 
 # -- the cases -----------------------------------------------------------------------------------
@@ -599,14 +558,14 @@ def differences(ours: Built, theirs: Built, case: Case) -> list[str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_same_image_as_buildah(case: Case, cli: Cli, buildah: Buildah, busybox: str, tmp_path: Path) -> None:
+def test_same_image_as_buildah(case: Case, cli: Cli, buildah: Peer, busybox: str, tmp_path: Path) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     case.context(ctx)
     (ctx / "Dockerfile").write_text(case.dockerfile.replace("{busybox}", busybox))
     tag = f"diff-{case.name}"
     with ThreadPoolExecutor(1) as pool:   # the two builders side by side: each waits on its processes
-        buildah_built = pool.submit(buildah.build, ctx, tag, list(case.args), tmp_path / "buildah.tar")
+        buildah_built = pool.submit(build_buildah, buildah, ctx, tag, list(case.args), tmp_path / "buildah.tar")
         ours = build_rootless(cli, ctx, tag, list(case.args), tmp_path / "rootless.tar")
         theirs = buildah_built.result()
     problems = differences(ours, theirs, case)
