@@ -174,12 +174,19 @@ def running_token_issuer(directory: Path, username: str, password: str) -> Itera
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    issuer.url = f"http://127.0.0.1:{server.server_address[1]}/token"
+    with serving_http(Handler) as url:
+        issuer.url = url + "/token"
+        yield issuer, cert
+
+
+@contextlib.contextmanager
+def serving_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """HANDLER on a free port of 127.0.0.1, in a thread; yields its http://HOST:PORT."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield issuer, cert
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -9,16 +9,15 @@ import json
 import re
 import socket
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from registry import Registry
+from registry import Registry, serving_http
 from runcli import Cli
 from testimages import busybox_rootfs, make_image, push_all
 
@@ -58,16 +57,8 @@ def server() -> Iterator[Served]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    served.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_http(Handler) as served.url:
         yield served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 @pytest.fixture(scope="module")
