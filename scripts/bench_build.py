@@ -1,4 +1,4 @@
-"""Benchmark building one Dockerfile cold, fully cached and after one source file changed: rootless build against buildah and podman.
+"""Benchmark building one Dockerfile cold, fully cached and after one source file changed: rootless build against buildah, podman and ch-image.
 
 Started by scripts/bench-build with the repo's .venv python.
 
@@ -9,10 +9,12 @@ base_images.py; the contenders run as --user through setpriv with a clean enviro
 
 The context is a tree of 5,000 files, 50 MB in all, made from a fixed seed (the same
 bytes on every run), and a Dockerfile that takes debian from the local registry, sets
-ENV and WORKDIR, COPYs the tree, RUNs a find over it and sets CMD.  One try of one
+ENV and WORKDIR, COPYs the tree, RUNs a find over it and sets CMD.  Every contender
+builds that same Dockerfile: ch-image, which does not pull over plain HTTP, gets the
+base image under the very name the FROM line gives it (see below).  One try of one
 contender, in a fresh store with a fresh HOME:
 
-1. pull the base image (not timed);
+1. pull the base image (not timed; ch-image imports it);
 2. cold: build with an empty build cache (as root the page cache is dropped first, so
    the context is read back from disk);
 3. cached: the same build again, every step from the cache;
@@ -21,7 +23,8 @@ contender, in a fresh store with a fresh HOME:
 
 Tries go round the contenders in turn; each case's median counts.  Every build's
 output is kept in the work directory's logs (--keep), and the number of steps it took
-from the cache is shown beside its time, so that a cache that does not hit is seen.
+from the cache (FROM not counted) is shown beside its time, so that a cache that does
+not hit is seen.
 
 Contenders:
 
@@ -32,6 +35,15 @@ Contenders:
   runs RUN without an OCI runtime: crun refuses this host's hybrid cgroups.
 * podman: ``podman build --layers --isolation chroot`` with the same storage options
   (podman build is buildah inside); its pause process is started by the pull.
+* ch-image: charliecloud's ``ch-image --cache --storage STORE build -t NAME CONTEXT``,
+  its build cache (a git repository in the storage directory) asked for explicitly, so
+  that a host without a recent git fails instead of building uncached.  Its base image
+  is the layer's gzipped tar from base_images.py's layout, imported with ``ch-image
+  import TARBALL HOST:PORT/debian:bookworm``, which puts it in the build cache as a pull
+  would; FROM finds it there and never asks the registry.  Its output marks an
+  instruction taken from the cache with ``*``.  Version 0.31 ignores CMD (its issue
+  #780), so it has four steps to cache where the others have five; the table says which
+  instructions a contender ignored.
 
 Not root: no loop image and no dropping of caches (--warm is implied), and the
 contenders run as the current user.
@@ -44,6 +56,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -55,9 +68,10 @@ from pathlib import Path
 
 import bench_pull
 from bench_fs import check_journal, human
+from base_images import Layout
 from bench_pull import SYSTEM_PATH, Result, Runner, Try, User, drop_caches, kill_pause_processes, log, rmtree
 
-CONTENDERS = ("rootless", "buildah", "podman")
+CONTENDERS = ("rootless", "buildah", "podman", "ch-image")
 CASES = ("cold", "cached", "changed")
 BASE = "debian"
 TAG = "benchbuild:latest"
@@ -112,7 +126,17 @@ def changed_file(context: Path, n: int) -> Iterator[None]:
 
 @dataclass
 class Builder(bench_pull.Contender):
-    """A contender that builds: how it pulls the base image and how it builds the context."""
+    """A contender that builds: how it gets the base image and how it builds the context."""
+
+    base_tarball: Path | None = None   # ch-image: the base image's layer, which it imports
+
+    def env(self, t: Try, user: User) -> dict[str, str]:
+        env = super().env(t, user)
+        if self.name == "ch-image":
+            # Its build cache commits to git, which finds no identity in a fresh HOME.
+            env.update(GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
+                       GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost")
+        return env
 
     def prime(self) -> list[str]:
         if self.name == "buildah":
@@ -123,11 +147,18 @@ class Builder(bench_pull.Contender):
         if self.name == "buildah":
             return [*buildah_command(t.store, t.runroot), "pull", "--quiet", "--tls-verify=false",
                     f"{self.registry}/{image}"]
+        if self.name == "ch-image":
+            if self.base_tarball is None:
+                raise ValueError("ch-image needs the base image's tarball")
+            # Under the name the Dockerfile's FROM gives: found in the cache, it is never pulled.
+            return [*ch_image_command(t.store), "import", str(self.base_tarball), f"{self.registry}/{image}"]
         return super().pull(image, t)
 
     def build(self, context: Path, t: Try) -> list[str]:
         if self.name == "rootless":
             return [bench_pull.rootless_bin(), "--root", str(t.store), "build", "-t", TAG, str(context)]
+        if self.name == "ch-image":
+            return [*ch_image_command(t.store), "build", "-t", TAG, str(context)]
         # The base image is in the store: neither may ask the registry again.
         common = ["--layers", "--isolation", "chroot", "--pull-never", "-t", TAG, str(context)]
         if self.name == "buildah":
@@ -144,9 +175,41 @@ def buildah_command(store: Path, runroot: Path) -> list[str]:
     return ["buildah", *podman[1:podman.index("--cgroup-manager")]]
 
 
+def ch_image_command(store: Path) -> list[str]:
+    """ch-image on STORE with its build cache on: without a recent git it fails rather than builds uncached."""
+    return ["ch-image", "--cache", "--storage", str(store)]
+
+
+#: ch-image's line for an instruction: its number, "*" (from the cache) or "." (run), the instruction.
+CH_IMAGE_STEP = re.compile(r"^ *(\d+)([*.]) (\S+)", re.MULTILINE)
+#: ch-image's warning for an instruction it skips, e.g. "issue #780: CMD instruction".
+CH_IMAGE_IGNORED = re.compile(r"not yet supported, ignored: (.+)$", re.MULTILINE)
+
+
 def cache_hits(output: str) -> int:
-    """Steps a build took from its cache: docker's classic output and buildah's both say "Using cache"."""
-    return output.count("Using cache")
+    """Steps a build took from its cache, FROM not counted.
+
+    docker's classic output (rootless) and buildah's say "Using cache" once for each;
+    ch-image marks the instruction's line with "*", one line for each variable of an ENV.
+    """
+    starred = {n for n, mark, word in CH_IMAGE_STEP.findall(output) if mark == "*" and word != "FROM"}
+    return output.count("Using cache") + len(starred)
+
+
+def ignored_instructions(output: str) -> set[str]:
+    """Instructions the build skipped (ch-image's warning), so that the table can say its steps differ."""
+    return {m.strip() for m in CH_IMAGE_IGNORED.findall(output)}
+
+
+def base_tarball(layout: Layout, dest: Path, user: User) -> Path:
+    """The base image's one layer, a gzipped tar, copied to DEST for the user: what ch-image imports."""
+    if len(layout.layers) != 1:
+        raise RuntimeError(f"{layout.ref} has {len(layout.layers)} layers; ch-image import takes one tarball")
+    blob = layout.path / "blobs" / "sha256" / layout.layers[0].digest.split(":", 1)[1]
+    shutil.copyfile(blob, dest)     # base-images' cache may be root's alone
+    if os.geteuid() == 0:
+        os.chown(dest, user.uid, user.gid)
+    return dest
 
 
 def find_problems(contenders: list[Builder], runner: Runner, scratch: Path) -> None:
@@ -159,6 +222,17 @@ def find_problems(contenders: list[Builder], runner: Runner, scratch: Path) -> N
             elif runner.run([bench_pull.rootless_bin(), "build", "--help"], env, 60).rc != 0:
                 c.problem = "build not available"
             continue
+        if c.name == "ch-image":
+            if shutil.which("ch-image", path=SYSTEM_PATH) is None:
+                c.problem = ("not installed (Debian packages charliecloud-builders and charliecloud-runtime; "
+                             "the builders depend on docker.io, so scripts/setup leaves them out)")
+            elif shutil.which("git", path=SYSTEM_PATH) is None:
+                c.problem = "its build cache needs git (apt-get install git)"
+            else:
+                out = runner.run(["ch-image", "--dependencies"], env, 60)
+                if out.rc:
+                    c.problem = f"ch-image --dependencies: {tail(out.output, 1) or f'exit {out.rc}'}"
+            continue
         for prog in (c.name, "fuse-overlayfs"):
             if shutil.which(prog, path=SYSTEM_PATH) is None:
                 c.problem = f"{prog} is not installed (apt-get install {c.name} fuse-overlayfs)"
@@ -169,6 +243,7 @@ def find_problems(contenders: list[Builder], runner: Runner, scratch: Path) -> N
 @dataclass
 class Case(Result):
     hits: list[int] = field(default_factory=list)
+    ignored: set[str] = field(default_factory=set)   # instructions the contender skipped
 
 
 class BuildBench:
@@ -186,7 +261,8 @@ class BuildBench:
             for c in contenders:
                 if c.problem or any(results[case][c.name].error for case in CASES):
                     continue
-                t = self.tries.fresh_try(f"{c.name}-{n + 1}")
+                # ch-image refuses a storage directory it did not make itself.
+                t = self.tries.fresh_try(f"{c.name}-{n + 1}", make_store=c.name != "ch-image")
                 try:
                     self.one_try(c, base, n, t, {case: results[case][c.name] for case in CASES})
                 finally:
@@ -198,7 +274,8 @@ class BuildBench:
         log_file = self.logdir / f"{c.name}.log"
         pulled = self.runner.run(c.pull(base, t), env, self.a.timeout, log_file)
         if pulled.rc:
-            results["cold"].error = f"pulling the base image: exit {pulled.rc}: {tail(pulled.output)}"
+            what = "importing" if c.name == "ch-image" else "pulling"
+            results["cold"].error = f"{what} the base image: exit {pulled.rc}: {tail(pulled.output)}"
             log(f"  {c.name} try {n + 1}: {results['cold'].error}")
             return
         for case in CASES:
@@ -215,6 +292,7 @@ class BuildBench:
                 return
             r.times.append(out.seconds)
             r.hits.append(cache_hits(out.output))
+            r.ignored |= ignored_instructions(out.output)
             log(f"  {case} {c.name} try {n + 1}: {out.seconds:.2f} s ({r.hits[-1]} steps from the cache)")
 
 
@@ -245,6 +323,10 @@ def table(results: dict[str, dict[str, Case]], contenders: list[Builder], a: arg
                 ratio = f"{m / ref:.2f}x" if ref else "-"
                 hits = "/".join(sorted({str(h) for h in r.hits}))
                 row += f"{m:>8.2f}{min(r.times):>8.2f}{max(r.times):>8.2f}{ratio:>12}{hits:>14}"
+                for what in sorted(r.ignored):
+                    note = f"{c.name} ignored {what}"
+                    if note not in notes:
+                        notes.append(note)
             lines.append(row)
     lines.append("")
     lines.append(f"  context: {TREE_FILES} files, {human(TREE_BYTES)} in {TREE_DIRS} directories; "
@@ -316,6 +398,8 @@ def bench(a: argparse.Namespace) -> int:
             host = stack.enter_context(bench_pull.serving(helper, work / "registry", layouts))
             for c in contenders:
                 c.registry = host
+                if c.name == "ch-image" and not c.problem:
+                    c.base_tarball = base_tarball(layouts[0], work / f"{BASE}.tar.gz", user)
             context = user.mkdir(work / "context")
             t0 = time.monotonic()
             make_context(context, f"{host}/{layouts[0].ref}", user)
@@ -335,7 +419,8 @@ def bench(a: argparse.Namespace) -> int:
                        "context": {"files": TREE_FILES, "bytes": TREE_BYTES, "seed": SEED, "changed": str(CHANGED),
                                    "dockerfile": DOCKERFILE},
                        "results": {case: {name: {"times": r.times, "median": r.median, "cache_hits": r.hits,
-                                                 "error": r.error, "unavailable": r.unavailable}
+                                                 "ignored": sorted(r.ignored), "error": r.error,
+                                                 "unavailable": r.unavailable}
                                           for name, r in by.items()} for case, by in results.items()}}
                 Path(a.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
                 log(f"raw numbers in {a.json}")
