@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -269,9 +271,22 @@ def test_quiet_prints_only_the_id(cli: Cli, busybox: str, tmp_path: Path) -> Non
     assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", done.stdout)
 
 
+def test_a_dockerfile_of_another_name_and_labels_from_the_command_line(cli: Cli, busybox: str, tmp_path: Path) -> None:
+    """docker's `build -f file1 -t mycentos:1 .`, run in the context directory, with --label."""
+    (tmp_path / "Dockerfile").write_text(f"FROM {busybox}\nRUN false\n")   # never read
+    (tmp_path / "file1").write_text(f"FROM {busybox}\nLABEL from.file=yes\nCMD echo file1\n")
+    done = subprocess.run(cli.argv("build", "-f", "file1", "-t", "mycentos:1", "--label", "release=1.0",
+                                   "--label", "from.file=overridden", "."),
+                          cwd=tmp_path, env={**os.environ, **cli.env}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "Successfully tagged mycentos:1" in done.stdout
+    labels = inspect(cli, "mycentos:1")["Config"]["Labels"]
+    assert labels == {"from.file": "overridden", "release": "1.0"}   # the command line's win, as in docker
+    assert run(cli, "mycentos:1") == "file1\n"
+
+
 def test_onbuild_healthcheck_and_stdin(cli: Cli, busybox: str, tmp_path: Path) -> None:
     import io
-    import subprocess
     import tarfile
 
     build(cli, tmp_path, "-t", "onbuild-parent", dockerfile=f"""\
