@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 ROOT_INO = 1
 
 
+#: What a node with no open file holds: an empty set of its own costs 216 bytes, and a
+#: container's daemon holds a node for each of the thousands of files its programs touched.
+NO_HANDLES: frozenset[FileHandle] = frozenset()
+
+
 class Node:
     """One inode of the union, alive while the kernel (or an open file) refers to it."""
 
@@ -22,7 +27,8 @@ class Node:
         self.names: list[tuple[Node, bytes]] = []   # (parent, name); several for hard links
         self.children: dict[bytes, Node] = {}       # live children by name
         self.nlookup = 0
-        self.handles: set[FileHandle] = set()
+        #: Open files of this node; most nodes have none, and share one empty set (add_handle).
+        self.handles: frozenset[FileHandle] | set[FileHandle] = NO_HANDLES
         self.nsubdirs: int | None = None  # cached count of subdirectories, for st_nlink
         #: The FUSE adapter's cache of this node's reply while it lives in a lower layer
         #: (immutable there); cleared when the node is copied up.
@@ -30,6 +36,17 @@ class Node:
         #: For a removed directory still held open: what stat shows (st_nlink 0); its
         #: disk copy is gone, so fchmod and futimens change only this.
         self.ghost: Attr | None = None
+
+    def add_handle(self, h: FileHandle) -> None:
+        if isinstance(self.handles, frozenset):
+            self.handles = set()
+        self.handles.add(h)
+
+    def drop_handle(self, h: FileHandle) -> None:
+        if isinstance(self.handles, set):
+            self.handles.discard(h)
+            if not self.handles:
+                self.handles = NO_HANDLES
 
     @property
     def is_dir(self) -> bool:

@@ -848,7 +848,7 @@ class Overlay:
     def _open_handle(self, node: Node, fd: int, flags: int, base: int = 0, length: int = -1,
                      lower_rel: bytes | None = None) -> int:
         h = FileHandle(node, fd, flags, base, length, lower_rel)
-        node.handles.add(h)
+        node.add_handle(h)
         return self._new_handle(h)
 
     def open(self, node: Node, flags: int) -> int:
@@ -905,7 +905,7 @@ class Overlay:
         h = self._handles.pop(fh, None)
         if isinstance(h, FileHandle):
             os.close(h.fd)
-            h.node.handles.discard(h)
+            h.node.drop_handle(h)
             self.drop_if_unused(h.node)
 
     def statfs(self) -> os.statvfs_result:

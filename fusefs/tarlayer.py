@@ -44,7 +44,6 @@ class TarLayer:
                                 f"(it describes {toc.size} bytes, the file has {size})",
                                 f"delete {os.fsdecode(index_path(tar))}: fusefs indexes the tar again at mount")
         self._fd = fd
-        self._stats: dict[int, os.stat_result] = {}
         self._listings: dict[bytes, Listing | None] = {}
         self._aliases: dict[int, list[bytes]] | None = None
 
@@ -76,11 +75,9 @@ class TarLayer:
 
     def lstat(self, rel: bytes) -> tuple[os.stat_result, Owner | None]:
         """The tar's attributes are the truth, so there is no recorded owner to apply."""
-        ino = self._ino(rel)
-        st = self._stats.get(ino)
-        if st is None:
-            st = self._stats[ino] = self._stat(ino)
-        return st, None
+        # Made each time, not kept: the union keeps its reply for a lower node, and a few
+        # hundred bytes for each of thousands of files is a container's daemon's memory.
+        return self._stat(self._ino(rel)), None
 
     def _stat(self, ino: int) -> os.stat_result:
         t = self.toc
