@@ -530,10 +530,10 @@ def _init(launch: Launch, report_w: int) -> None:
     linux.unshare(flags)
     if launch.network != "host":
         network.loopback_up()
-    if launch.net_link is not None:    # the parent attaches the network daemon to this namespace meanwhile
+    if launch.net_link is not None:
+        # The parent attaches the network daemon to this namespace while the root is made
+        # (pasta takes longer than all the mounts); the command starts once it is there.
         _report(report_w, {"netns": True})
-        if not launch.net_link.wait_attached():
-            raise StartError("the container's network could not be set up")
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     root = launch.rootfs
     _mount_proc(root)
@@ -560,6 +560,8 @@ def _init(launch: Launch, report_w: int) -> None:
     linux.pivot_root(".", ".")
     linux.umount(".", linux.MNT_DETACH)
     os.chdir("/")
+    if launch.net_link is not None and not launch.net_link.wait_attached():
+        raise StartError("the container's network could not be set up")
     _become(process, launch.ids)
 
 
