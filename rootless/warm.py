@@ -66,13 +66,27 @@ def main() -> None:
     """The ``rootless`` console script."""
     argv = sys.argv[1:]
     idle = _idle_seconds(argv, os.environ)
-    if idle and _verb(argv) in VERBS:
+    if idle and _verb(argv) in VERBS and _in_the_foreground():
         code = _ask_warm(argv, idle)
         if code is not None:
             sys.exit(code)
     from .cli import main as cli_main
 
     sys.exit(cli_main(prog_name="rootless"))
+
+
+def _in_the_foreground() -> bool:
+    """Whether job control would let this process use its terminal (or it has none).
+
+    A command process is in the warm process's session, where the caller's terminal sends no
+    SIGTTIN or SIGTTOU: run in the background (``rootless run -it IMG &``) it would read the
+    shell's input and set the terminal raw. There the command runs here, and the terminal
+    stops it as it stops any program.
+    """
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return True   # stdin is no terminal
 
 
 def _verb(argv: list[str]) -> str | None:
@@ -175,8 +189,21 @@ def _converse(sock: _socket.socket, argv: list[str]) -> int | None:
         except OSError:
             pass
 
+    def suspend(signum: int, frame: object) -> None:
+        # ^Z: the command process stops with its caller (the container runs on, as docker's
+        # does), so that it no longer reads the terminal the shell takes back.
+        forward(_signal.SIGSTOP, frame)
+        _signal.signal(_signal.SIGTSTP, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGTSTP)
+
+    def resume(signum: int, frame: object) -> None:
+        _signal.signal(_signal.SIGTSTP, suspend)
+        forward(_signal.SIGCONT, frame)
+
     for signame in SIGNALS:
         _signal.signal(getattr(_signal, signame), forward)
+    _signal.signal(_signal.SIGTSTP, suspend)
+    _signal.signal(_signal.SIGCONT, resume)
     try:
         sock.sendall(b"g")
         sock.settimeout(None)
@@ -429,10 +456,13 @@ def _command_process(conn: object, request: dict, fds: list[int]) -> None:
     assert isinstance(conn, socket.socket)
     code = 125
     try:
-        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        _signal.signal(_signal.SIGHUP, _signal.SIG_DFL)
-        os.setpgid(0, 0)
-        _become_caller(request, fds)
+        try:
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            _signal.signal(_signal.SIGHUP, _signal.SIG_DFL)
+            os.setpgid(0, 0)
+            _become_caller(request, fds)
+        except BaseException:  # noqa: BLE001
+            os._exit(0)   # e.g. the caller's directory is gone: it hears nothing and runs the command itself
         try:
             _send(conn, {"pid": os.getpid()})
             go = conn.recv(1)

@@ -201,3 +201,58 @@ def _all_warm() -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_command_process_with_its_caller(cli: Cli, idle: float) -> None:
+    server = warmed(cli, idle)
+    proc = subprocess.Popen(cli.argv("run", "--rm", "bb", "sh", "-c", "echo ready; sleep 2; echo done"),
+                            env=env(cli, idle), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        [command] = children(server)
+        proc.send_signal(signal.SIGTSTP)
+        assert wait_for(lambda: state(proc.pid) == "T" and state(command) == "T", timeout=10)
+        proc.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: state(command) != "T", timeout=10)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == "done\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_background_job_on_a_terminal_runs_the_ordinary_way(cli: Cli, idle: float) -> None:
+    """In the background of its terminal, the command must stay where job control can stop it."""
+    import pty
+
+    server = warmed(cli, idle)
+    pid, fd = pty.fork()
+    if pid == 0:   # the session leader of a new terminal, in its foreground group
+        try:
+            job = os.fork()
+            if job == 0:
+                os.setpgid(0, 0)   # a job of its own, not the terminal's foreground one
+                os.environ.update(env(cli, idle))
+                argv = cli.argv("run", "--rm", "bb", "sleep", "2")
+                os.execv(argv[0], argv)
+            os.write(1, f"job {job}\n".encode())
+            _, status = os.waitpid(job, 0)
+        finally:
+            os._exit(os.waitstatus_to_exitcode(status) if "status" in locals() else 99)
+    try:
+        seen = b""
+        while b"\n" not in seen:
+            seen += os.read(fd, 100)
+        job = int(seen.split()[1])
+        # The ordinary way: the caller itself forks the container's helper.
+        assert wait_for(lambda: bool(children(job)), timeout=10)
+        assert children(server) == []
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
