@@ -371,7 +371,10 @@ class Rootless(Engine):
     name = "rootless"
 
     def __init__(self, runner: Runner, env: dict[str, str], refs: dict[str, str], store: Path) -> None:
-        super().__init__(runner, env, refs)
+        # A warm process of this run's own: the user's would serve these commands too (it is
+        # the same user), but without the run's marker, which is how its containers' engine
+        # processes are found. Another idle time is another warm process (rootless/warm.py).
+        super().__init__(runner, {**env, "ROOTLESS_WARM": f"{600 + secrets.randbelow(1000) / 1000:.3f}"}, refs)
         self.store = store
 
     def base(self) -> list[str]:
