@@ -110,14 +110,9 @@ def _idle_seconds(argv: list[str], environ: dict[str, str] | os._Environ[str]) -
 
     ``ROOTLESS_WARM`` overrides the config file: ``0``/``off`` or a number of seconds.
     """
-    forced = environ.get("ROOTLESS_WARM", "").strip().lower()
-    if forced in ("0", "false", "no", "off"):
-        return 0.0
-    try:
-        if float(forced) > 0:
-            return float(forced)
-    except ValueError:
-        pass
+    forced = _forced(environ)
+    if forced is not None:
+        return forced
     path = _config_path(argv, environ)
     try:
         with open(path, "rb") as f:
@@ -132,11 +127,51 @@ def _idle_seconds(argv: list[str], environ: dict[str, str] | os._Environ[str]) -
         value = json.loads(text).get("warm-start", True)
     except (ValueError, AttributeError):
         return 0.0   # the ordinary path reports the broken file
+    return idle_setting(value)
+
+
+def _forced(environ: dict[str, str] | os._Environ[str]) -> float | None:
+    forced = environ.get("ROOTLESS_WARM", "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return 0.0
+    try:
+        if float(forced) > 0:
+            return float(forced)
+    except ValueError:
+        pass
+    return None
+
+
+def idle_setting(value: object, environ: dict[str, str] | os._Environ[str] | None = None) -> float:
+    """The idle time a config file's ``warm-start`` VALUE gives (ROOTLESS_WARM in ENVIRON first)."""
+    forced = _forced(environ) if environ is not None else None
+    if forced is not None:
+        return forced
     if value is True:
         return DEFAULT_IDLE
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return 0.0
+
+
+def listening(idle: float) -> int | None:
+    """The pid of the warm process that would serve this process's commands, if one listens."""
+    name = socket_name(idle).lstrip("\0")
+    try:
+        with open("/proc/net/unix") as f:
+            if not any(line.split()[-1:] == ["@" + name] for line in f):
+                return None
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                        if name.encode() in f.read().split(b"\0"):
+                            return int(entry.name)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return None
 
 
 def _config_path(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> str:

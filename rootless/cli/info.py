@@ -26,6 +26,7 @@ TITLES = {key: title for _, checks in SECTIONS for key, title in checks}
 
 def gather(app: App) -> dict[str, Any]:
     """docker's ``info`` shape: CamelCase keys, the warnings as a list of lines."""
+    from .. import warm
     from ..runtime import host
     from ..runtime.containers import Containers, is_running
 
@@ -40,11 +41,13 @@ def gather(app: App) -> dict[str, Any]:
                 for key, check in checks.items() if not check.ok]
     if mode.name == host.UNUSABLE:
         warnings.insert(0, f"containers cannot run here: {mode.reason}")
+    idle = warm.idle_setting(app.config.extra.get("warm-start", True), os.environ)
     return {
         "Version": __version__,
         "Python": platform.python_version(),
         "Pyfuse3": _pyfuse3_version(),
         "Runtime": {"Mode": mode.name, "Reason": mode.reason, "Forced": forced},
+        "WarmStart": {"IdleSeconds": idle, "Pid": warm.listening(idle) if idle else None},
         "RootDir": root,
         "Driver": "fusefs",
         "Containers": len(containers),
@@ -78,6 +81,7 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f" Mode: {runtime['Mode']}")
             if runtime["Reason"]:
                 lines.append(f"  Reason: {runtime['Reason']}")
+            lines.append(f" Warm start: {_warm_line(doc['WarmStart'])}")
         if section == "Storage":
             lines += [f" Root Dir: {doc['RootDir']}", f" Driver: {doc['Driver']}"]
         for key, title in entries:
@@ -90,6 +94,13 @@ def render(doc: dict[str, Any]) -> str:
     lines += ["Host:", f" Kernel Version: {doc['KernelVersion']}", f" Operating System: {doc['OperatingSystem']}",
               f" Architecture: {doc['Architecture']}", f" User: {user['Name']} (uid {user['Uid']}, gid {user['Gid']})"]
     return "\n".join(lines)
+
+
+def _warm_line(state: dict[str, Any]) -> str:
+    if not state["IdleSeconds"]:
+        return 'off ("warm-start": false in the config file, or ROOTLESS_WARM=0)'
+    running = f"running as pid {state['Pid']}" if state["Pid"] else "not running (the next command starts it)"
+    return f"on, {running}; it leaves after {state['IdleSeconds']:g} s without a command"
 
 
 @main.command()

@@ -256,3 +256,27 @@ def test_a_background_job_on_a_terminal_runs_the_ordinary_way(cli: Cli, idle: fl
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_info_says_whether_warm_start_is_on_and_which_process_serves(cli: Cli, idle: float) -> None:
+    server = warmed(cli, idle)
+    shown = rootless(cli, idle, "info", "--format", "{{.WarmStart.IdleSeconds}} {{.WarmStart.Pid}}")
+    seconds, pid = shown.stdout.split()
+    assert (float(seconds), int(pid)) == (idle, server)
+    human = rootless(cli, idle, "info").stdout
+    assert f"Warm start: on, running as pid {server}; it leaves after {idle:g} s without a command" in human
+    off = subprocess.run(cli.argv("info"), env={**os.environ, **cli.env, "ROOTLESS_WARM": "0"}, capture_output=True,
+                         text=True, timeout=60)
+    assert "Warm start: off" in off.stdout
+
+
+def test_commands_at_once_each_get_their_own_streams_and_exit_code(cli: Cli, idle: float) -> None:
+    server = warmed(cli, idle)
+    procs = [subprocess.Popen(cli.argv("run", "--rm", "bb", "sh", "-c", f"sleep 0.{n}; echo out-{n}; "
+                                       f"echo err-{n} >&2; exit {n}"),
+                              env=env(cli, idle), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in range(1, 7)]
+    for n, proc in enumerate(procs, start=1):
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out, err) == (n, f"out-{n}\n", f"err-{n}\n")
+    assert servers(idle) == [server]
