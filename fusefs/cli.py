@@ -5,6 +5,12 @@
 A lower that is a regular file is an uncompressed layer tar, served in place with its
 index FILE.idx (``fusefs.tarindex``), or with one made at mount where there is none.
 
+``-o uidmapping=CONTAINER:HOST:SIZE[:CONTAINER:HOST:SIZE...]`` and ``gidmapping=`` (what
+podman passes for a container with an id mapping of its own) say that the owners stored
+in the layers are container ids: the mount shows each as its HOST id (65534 for one
+outside the mapping), and records a chown's ids and a new file's creator the other way
+(EINVAL for a host id outside it).  See ``fusefs.mapping``.
+
 It returns once the mount is ready (the daemon carries on in the background), or stays
 in the foreground with ``-f``.  ``fusermount3 -u``, ``umount`` or SIGTERM end it cleanly.
 """
@@ -16,11 +22,14 @@ import os
 import signal
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from .mapping import IdMap, MappingError, OwnerMap
 
 log = logging.getLogger("fusefs")
 
-USAGE = "usage: fusefs [-f] [-d] -o lowerdir=DIR|TAR[:DIR|TAR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT"
+USAGE = ("usage: fusefs [-f] [-d] -o lowerdir=DIR|TAR[:DIR|TAR...][,upperdir=DIR,workdir=DIR]"
+         "[,uidmapping=C:H:N[:C:H:N...],gidmapping=C:H:N[:C:H:N...]][,OPTION...] MOUNTPOINT")
 #: Options we hand to the kernel / libfuse ourselves; everything else podman or a user passes
 #: (fsync=0, userxattr, xino, context=..., index=off, ...) is accepted and ignored.
 FUSE_OPTIONS = {"allow_other", "allow_root", "ro", "noatime", "nodev", "nosuid", "noexec", "dev", "suid", "exec"}
@@ -41,6 +50,7 @@ class MountOptions:
     fuse: set[str] = field(default_factory=set)
     logfile: str | None = None
     ignored: list[str] = field(default_factory=list)
+    owners: OwnerMap = field(default_factory=OwnerMap)
 
 
 def split_lowerdirs(value: str) -> list[str]:
@@ -107,6 +117,12 @@ def parse_args(argv: list[str]) -> MountOptions:
             mo.debug = mo.foreground = True
         elif key == "logfile":
             mo.logfile = value
+        elif key in ("uidmapping", "gidmapping"):
+            try:
+                ids = IdMap.parse(key, value)
+            except MappingError as e:
+                raise UsageError(str(e)) from None
+            mo.owners = replace(mo.owners, **{"uids" if key == "uidmapping" else "gids": ids})
         elif key in FUSE_OPTIONS:
             mo.fuse.add(key)
         elif key == "rw":
@@ -185,7 +201,7 @@ def serve(mo: MountOptions, fs, ready_fd: int | None = None) -> int:
 
     from .operations import Operations
 
-    ops = Operations(fs)
+    ops = Operations(fs, owners=mo.owners)
     try:
         pyfuse3.init(ops, mo.mountpoint, fuse_options(mo))
     except RuntimeError as e:

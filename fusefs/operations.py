@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import pyfuse3
 
 from .idspace import IdSpace
+from .mapping import OwnerMap
 from .metadata import Owner
 from .overlay import RENAME_EXCHANGE, Attr, Caller, Node, Overlay
 
@@ -43,7 +44,17 @@ def fuse_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def entry_from(a: Attr, ids: IdSpace) -> pyfuse3.EntryAttributes:
+def entry_from(a: Attr, ids: IdSpace, owners: OwnerMap = OwnerMap()) -> pyfuse3.EntryAttributes:
+    """The kernel's view of A: its recorded owner as OWNERS maps it to host ids, then as IDS can show it.
+
+    That order because each step answers to a different namespace.  OWNERS (``-o uidmapping=``)
+    turns the ids the layers record, the container's, into the ids of the namespace the mount
+    serves, where a container id it does not map becomes 65534 as the kernel would show it.
+    IDS then fits the result to the namespace the daemon runs in, whose kernel takes only ids
+    it maps, so it looks at host ids, never at the container's: 0 for one it cannot take.
+    Ids the kernel sends go back through OWNERS alone (``Operations._caller``, ``setattr``):
+    a 0 there is a real 0, and ``rename`` carries an owner IDS hid over a rewrite.
+    """
     e = pyfuse3.EntryAttributes()
     e.st_ino = a.ino
     e.generation = 0
@@ -51,8 +62,8 @@ def entry_from(a: Attr, ids: IdSpace) -> pyfuse3.EntryAttributes:
     e.attr_timeout = TIMEOUT
     e.st_mode = a.mode
     e.st_nlink = a.nlink
-    e.st_uid = ids.uid(a.uid)
-    e.st_gid = ids.gid(a.gid)
+    e.st_uid = ids.uid(owners.host_uid(a.uid))
+    e.st_gid = ids.gid(owners.host_gid(a.gid))
     e.st_rdev = a.rdev
     e.st_size = a.size
     e.st_blksize = a.blksize
@@ -63,25 +74,39 @@ def entry_from(a: Attr, ids: IdSpace) -> pyfuse3.EntryAttributes:
     return e
 
 
-def _caller(ctx: pyfuse3.RequestContext) -> Caller:
-    return Caller(ctx.uid, ctx.gid)
-
-
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: Overlay, ids: IdSpace | None = None) -> None:
-        """IDS: the owners the kernel can take; by default those of the namespace serving the mount."""
+    def __init__(self, fs: Overlay, ids: IdSpace | None = None, owners: OwnerMap | None = None) -> None:
+        """IDS: the owners the kernel can take; by default those of the namespace serving the mount.
+        OWNERS: the uidmapping/gidmapping between the ids recorded in the layers and the kernel's."""
         super().__init__()
         self.fs = fs
         self.ids = ids if ids is not None else IdSpace.of_process()
+        self.owners = owners if owners is not None else OwnerMap()
+
+    def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
+        """The creator of a new file, as the layers record it: EINVAL where the mapping has no place for it."""
+        return Caller(self.owners.container_uid(ctx.uid), self.owners.container_gid(ctx.gid))
+
+    def _shown(self, owner: Owner) -> tuple[int, int]:
+        return (self.ids.uid(self.owners.host_uid(owner.uid)), self.ids.gid(self.owners.host_gid(owner.gid)))
+
+    def _recorded_as(self, uid: int, gid: int) -> tuple[int | None, int | None]:
+        """What a chown to the shown UID:GID would record; None for an id it would refuse."""
+        def back(convert: Callable[[int], int], value: int) -> int | None:
+            try:
+                return convert(value)
+            except OSError:
+                return None
+        return back(self.owners.container_uid, uid), back(self.owners.container_gid, gid)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         e = node.cached
         if e is not None:
             return e  # type: ignore[return-value]
-        e = entry_from(self.fs.getattr(node), self.ids)
+        e = entry_from(self.fs.getattr(node), self.ids, self.owners)
         if node.layer != 0 or self.fs.upper is None:
             node.cached = e  # lower layers never change: what we said stays true
         return e
@@ -121,8 +146,8 @@ class Operations(pyfuse3.Operations):
             node,
             size=attr.st_size if fields.update_size else None,
             mode=attr.st_mode if fields.update_mode else None,
-            uid=attr.st_uid if fields.update_uid else None,
-            gid=attr.st_gid if fields.update_gid else None,
+            uid=self.owners.container_uid(attr.st_uid) if fields.update_uid else None,
+            gid=self.owners.container_gid(attr.st_gid) if fields.update_gid else None,
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             fh=fh,
@@ -135,11 +160,11 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self._ref_entry(self.fs.mknod(self.fs.get(parent_inode), name, mode, rdev, _caller(ctx)))
+        return self._ref_entry(self.fs.mknod(self.fs.get(parent_inode), name, mode, rdev, self._caller(ctx)))
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self._ref_entry(self.fs.mkdir(self.fs.get(parent_inode), name, mode, _caller(ctx)))
+        return self._ref_entry(self.fs.mkdir(self.fs.get(parent_inode), name, mode, self._caller(ctx)))
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -151,7 +176,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self._ref_entry(self.fs.symlink(self.fs.get(parent_inode), name, target, _caller(ctx)))
+        return self._ref_entry(self.fs.symlink(self.fs.get(parent_inode), name, target, self._caller(ctx)))
 
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
@@ -163,15 +188,16 @@ class Operations(pyfuse3.Operations):
             self._carry_owner(self.fs.lookup(new_parent, name_new), replaced)
 
     def _hidden_owner(self, parent: Node, name: bytes) -> Owner | None:
-        """The owner of PARENT/NAME where the kernel was shown 0 in its place, else None."""
+        """The owner of PARENT/NAME where the kernel was shown another in its place (0, or the
+        overflow id of a mapping), so that a copy of what it showed would record another; else None."""
         try:
             node = self.fs.lookup(parent, name)
         except OSError:
             return None
         owner = self.fs.owner_of(node)
         self.fs.drop_if_unused(node)
-        if (self.ids.uid(owner.uid), self.ids.gid(owner.gid)) == (owner.uid, owner.gid):
-            return None
+        if self._recorded_as(*self._shown(owner)) == (owner.uid, owner.gid):
+            return None  # a copy of what the kernel was shown records the same owner
         return owner
 
     def _carry_owner(self, node: Node, replaced: Owner) -> None:
@@ -179,8 +205,9 @@ class Operations(pyfuse3.Operations):
         # gets the owner the program read and copied: 0 where the old one's could not be shown.
         # That 0 stands for the old owner, which the program could not have named.
         now = self.fs.owner_of(node)
-        uid = replaced.uid if now.uid == self.ids.uid(replaced.uid) != replaced.uid else None
-        gid = replaced.gid if now.gid == self.ids.gid(replaced.gid) != replaced.gid else None
+        copied_uid, copied_gid = self._recorded_as(*self._shown(replaced))
+        uid = replaced.uid if now.uid == copied_uid != replaced.uid else None
+        gid = replaced.gid if now.gid == copied_gid != replaced.gid else None
         if uid is not None or gid is not None:
             self.fs.setattr(node, uid=uid, gid=gid)
 
@@ -196,7 +223,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        node, fh = self.fs.create(self.fs.get(parent_inode), name, mode, flags, _caller(ctx))
+        node, fh = self.fs.create(self.fs.get(parent_inode), name, mode, flags, self._caller(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._ref_entry(node)
 
     @fuse_errors
