@@ -141,6 +141,7 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
                   "StartedAt": now(), "FinishedAt": "0001-01-01T00:00:00Z"},
         "Layers": list(record.layers),
         "IdMap": {"Subids": _use_subids(app)},
+        "Storage": _storage_driver(app),
         "Launch": {"Process": {"Args": list(process.args), "Env": list(process.env),
                                "Cwd": process.cwd, "User": process.user},
                    "Hostname": host, "Network": network, "Ports": [p.as_json() for p in ports],
@@ -182,14 +183,18 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
         if remove:
             _remove_container(app, container)
 
+    ids = idmap.for_record(container.record)
+    shared = _shared_lower(app, container, list(saved["Lowers"]), ids)
+
     job = launch.Launch(rootfs=str(container.rootfs), lowers=list(saved["Lowers"]), upper=str(container.upper),
-                        work=str(container.work), process=process, ids=idmap.for_record(container.record),
+                        work=str(container.work), process=process, ids=ids,
                         hostname=saved["Hostname"],
                         etc_files=etc, network=mode if plan is None else network.PRIVATE, net=plan,
                         fuse_log=str(container.dir / "fusefs.log"),
                         log_path=str(container.dir / "container.log"), interactive=interactive and not detach,
                         detach=detach, on_exit=on_exit, mounts=mounts, readonly=bool(saved.get("ReadOnly")),
-                        init_binary=_init_binary() if saved.get("Init") else None)
+                        init_binary=_init_binary() if saved.get("Init") else None,
+                        shared_lower=shared.path if shared else None)
     pair = None
     if saved.get("Tty"):
         import socket
@@ -202,7 +207,11 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
     sys.stderr.flush()
     if not fresh:
         mark_starting(container)
-    started = launch.start(job)
+    try:
+        started = launch.start(job)
+    finally:
+        if shared is not None:
+            shared.close()   # the helper holds the mount with its own copy of the lock
     master = None
     if pair is not None:
         pair[1].close()
@@ -217,7 +226,8 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
         return started.error.code
     if started.init_pid:
         mark_running(container, started.init_pid, started.helper_pid,
-                     NetworkSettings=network.settings(str(container.dir)) if plan else {})
+                     NetworkSettings=network.settings(str(container.dir)) if plan else {},
+                     SharedLower=shared.path if shared else None)
     if detach:
         click.echo(container.id)
         return 0
@@ -278,6 +288,34 @@ def _is_running(c: Container) -> bool:
     return is_running(c)
 
 
+STORAGE_DRIVERS = ("fusefs", "overlay")
+
+
+def _storage_driver(app: App) -> str:
+    """The config's "storage-driver" for a new container: overlay needs subordinate ids (the
+    shared mount's owners are the namespace's), so without them fusefs, with a warning."""
+    from ..runtime import idmap
+
+    driver = app.config.extra.get("storage-driver", "fusefs")
+    if driver not in STORAGE_DRIVERS:
+        raise RootlessError(f'unknown "storage-driver" {driver!r} in the config file',
+                            "use " + " or ".join(STORAGE_DRIVERS))
+    if driver == "overlay" and not idmap.detect(_use_subids(app)).full:
+        click.echo('WARNING: "storage-driver": "overlay" needs a subordinate id range; this container uses fusefs',
+                   err=True)
+        return "fusefs"
+    return str(driver)
+
+
+def _shared_lower(app: App, container: Container, lowers: list[str], ids: Any) -> Any:
+    """For an overlay container run in a user namespace: the image's shared mount (held)."""
+    from ..runtime import host, shared
+
+    if container.record.get("Storage") != "overlay" or host.runtime_mode() != host.USERNS:
+        return None
+    return shared.acquire(app.config.runtime_dir, lowers, ids)
+
+
 def _use_subids(app: App) -> bool:
     """The config file's "subordinate-ids": false gives containers the user's own ids only."""
     value = app.config.extra.get("subordinate-ids", True)
@@ -303,6 +341,8 @@ def _remove_container(app: App, container: Container, volumes: bool = True) -> N
     from ..runtime.volumes import Volumes
 
     teardown_dir(str(container.dir))   # a network daemon that a killed helper left behind
+    if container.record.get("Storage") == "overlay":
+        _empty_upper(container)
     _containers(app).remove(container)
     if volumes:
         store = Volumes(app.config)
@@ -312,6 +352,28 @@ def _remove_container(app: App, container: Container, volumes: bool = True) -> N
                     store.remove(m["name"])
                 except RootlessError:
                     pass
+
+
+def _empty_upper(container: Container) -> None:
+    """An overlay container's writable layer holds files of its subordinate ids, which only its
+    user namespace may delete: emptied there, before the directory goes."""
+    import shutil
+
+    from ..runtime import enter, idmap
+
+    upper, work = str(container.upper), str(container.work)
+
+    def child() -> None:
+        for path in (upper, work):
+            shutil.rmtree(path, ignore_errors=True)
+
+    child()   # enough in the container's own helper (--rm), which is that namespace's root already
+    if not (os.path.exists(upper) or os.path.exists(work)):
+        return
+    try:
+        enter.call(child, ids=idmap.for_record(container.record))
+    except RootlessError:
+        pass   # what is left, the removal below leaves too; rm says nothing more than docker would
 
 
 @main.command()

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 #: Device nodes bound from the host into the container's /dev (mknod needs real root).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 INIT_PATH = "/dev/init"
+#: The kernel overlayfs' workdir, under the container's work dir (fusefs stages in its own).
+OVERLAY_WORK = "overlay"
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -100,6 +102,10 @@ class Launch:
     mounts: list[Mount] = field(default_factory=list)   # -v, --tmpfs and the image's VOLUMEs
     readonly: bool = False        # --read-only: the root file system is mounted read-only
     init_binary: str | None = None    # --init: this static init (tini) runs as pid 1 and reaps zombies
+    #: Overlay storage: the shared read-only fusefs mount of the image (shared.py) that a
+    #: kernel overlayfs in the container's user namespace takes as its lower layer; None:
+    #: the helper serves a fusefs mount of LOWERS itself.
+    shared_lower: str | None = None
     #: Called in the helper once the container has exited and its root is unmounted, with
     #: the exit code: records the state, removes an --rm container.  The helper outlives
     #: a detached run's caller, so this is the only place that sees the end.
@@ -287,18 +293,7 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
     os.close(go_r)
     linux.unshare(linux.CLONE_NEWNS)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-
-    import pyfuse3
-
-    from fusefs.cli import MountOptions, build, fuse_options
-    from fusefs.operations import Operations
-
-    mo = MountOptions(launch.rootfs, list(launch.lowers), launch.upper, launch.work, fuse={"allow_other"})
-    fs = build(mo)
-    try:
-        pyfuse3.init(Operations(fs), launch.rootfs, fuse_options(mo))
-    except RuntimeError as e:
-        raise StartError(f"mounting the container's root on {launch.rootfs} failed: {e}") from None
+    fs = _mount_root(launch)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     # A process that unshared a pid namespace can no longer start threads (clone(2): EINVAL),
@@ -331,6 +326,35 @@ def _helper(launch: Launch, sync_w: int, go_r: int, report_w: int, closed_report
     return serve_container(launch, fs, middle, (out_r, out_w, err_r, err_w), report_w, closed_report)
 
 
+def _mount_root(launch: Launch) -> object | None:
+    """The container's root on launch.rootfs: a fusefs mount this helper serves (returned), or,
+    with launch.shared_lower, a kernel overlayfs over that shared read-only fusefs mount of the
+    image (shared.py), which needs no serving: None."""
+    if launch.shared_lower is not None:
+        workdir = os.path.join(launch.work, OVERLAY_WORK)
+        os.makedirs(workdir, exist_ok=True)
+        options = f"lowerdir={launch.shared_lower},upperdir={launch.upper},workdir={workdir},userxattr"
+        try:
+            linux.mount("overlay", launch.rootfs, "overlay", 0, options)
+        except OSError as e:
+            raise StartError(f"mounting the container's root (overlayfs over {launch.shared_lower}) failed: "
+                             f"{e.strerror}") from None
+        return None
+
+    import pyfuse3
+
+    from fusefs.cli import MountOptions, build, fuse_options
+    from fusefs.operations import Operations
+
+    mo = MountOptions(launch.rootfs, list(launch.lowers), launch.upper, launch.work, fuse={"allow_other"})
+    fs = build(mo)
+    try:
+        pyfuse3.init(Operations(fs), launch.rootfs, fuse_options(mo))
+    except RuntimeError as e:
+        raise StartError(f"mounting the container's root on {launch.rootfs} failed: {e}") from None
+    return fs
+
+
 def serve_container(launch: Launch, fs: object, child: int, pipes: tuple[int, int, int, int], report_w: int,
                     closed_report: list[bool]) -> int:
     """The helper's part once the container's first process is forked: serve its root over FUSE
@@ -358,7 +382,11 @@ def serve_container(launch: Launch, fs: object, child: int, pipes: tuple[int, in
         os.dup2(null, 1)
         os.close(null)
     receiver = launch.tty_receiver if launch.detach else None
-    code = _serve_until_exit(fs, child, [(out_r, "stdout"), (err_r, "stderr")], launch.log_path, outputs, receiver)
+    streams = [(out_r, "stdout"), (err_r, "stderr")]
+    if fs is None:    # a kernel overlayfs root: nothing to serve, only the output to pump
+        code = _wait_until_exit(launch.rootfs, child, streams, launch.log_path, outputs, receiver)
+    else:
+        code = _serve_until_exit(fs, child, streams, launch.log_path, outputs, receiver)
     network.teardown(launch.net_link)   # neither daemon stops by itself when the namespace goes
     if launch.on_exit is not None:
         try:
@@ -494,6 +522,42 @@ def _serve_until_exit(fs: object, child: int, streams: list[tuple[int, str]], lo
         except OSError:
             log.exception("closing the container's union failed")
         pyfuse3.close(unmount=True)
+    return exit_code(status)
+
+
+def _wait_until_exit(rootfs: str, child: int, streams: list[tuple[int, str]], log_path: str | None,
+                     outputs: tuple[int, int] | None, tty_receiver: int | None = None) -> int:
+    """_serve_until_exit for a root the kernel serves: pump the output until CHILD exits."""
+    logger = LogWriter(log_path)
+    pumps = [threading.Thread(target=_pump, args=(fd, name, outputs[index] if outputs else None, logger),
+                              name=f"pump-{name}", daemon=True) for index, (fd, name) in enumerate(streams)]
+    if tty_receiver is not None:
+        def pump_tty() -> None:
+            with socket.socket(fileno=tty_receiver) as sock:
+                master = receive_fd(sock)
+            if master is not None:
+                _pump(master, "stdout", None, logger)
+
+        pumps.append(threading.Thread(target=pump_tty, name="pump-tty", daemon=True))
+    for thread in pumps:
+        thread.start()
+    status = 0
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        deadline = time.monotonic() + 5.0   # what init wrote before it exited is still in the pipes
+        for thread in pumps:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        logger.close()
+        try:
+            linux.umount(rootfs, linux.MNT_DETACH)
+        except OSError:
+            log.exception("unmounting the container's root failed")
     return exit_code(status)
 
 

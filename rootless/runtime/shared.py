@@ -1,0 +1,121 @@
+"""Overlay storage: one read-only fusefs mount of an image's layers, shared by its containers.
+
+Each container's FUSE mount keeps a page cache of its own, so ten containers of an image
+cache its files ten times.  With ``"storage-driver": "overlay"`` a container's root is
+instead a kernel overlayfs, made in its own user namespace (``userxattr``), whose lower
+layer is one fusefs mount of the image's layers in the user's mount namespace, shared by
+every container with the same layers and id map: the kernel caches a file once.  That
+mount reports owners as the ids the containers' namespace maps them to (fusefs'
+``uidmapping``/``gidmapping``) and is made with ``allow_other`` so that their ids may
+read it.  The container's upper layer then holds its files with their real (subordinate)
+owners, in the kernel's format that fusefs reads too (0:0 whiteouts, user.overlay.opaque),
+so diff, commit, export and cp read it as they read a fusefs upper layer.
+
+Lifetime, under ``RUNTIME_DIR/lowers/KEY/``: ``users.lock`` is held shared by each
+container's helper for as long as the container runs (the file descriptor is inherited
+across the fork, and the lock goes with the last process that holds it, even killed);
+``mount.lock`` is held exclusively while the mount is checked and made.  A watcher started
+with the mount (a shell loop) takes ``users.lock`` exclusively once no container holds it
+and unmounts; an acquirer waits on its shared lock meanwhile and mounts again.  A mount
+whose daemon died (ENOTCONN) is detached and made again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import RootlessError
+from .idmap import IdMap
+
+#: How often the watcher looks whether any container still uses the mount.
+WATCH_SECONDS = 10
+_WATCHER = ('while sleep "$3"; do '
+            'flock -n -x "$1" fusermount3 -u -z "$2" 2>/dev/null && exit 0; '
+            'mountpoint -q "$2" || exit 0; '
+            'done')
+
+
+@dataclass
+class SharedLower:
+    path: str          # the mount point: the overlayfs' lowerdir
+    users_fd: int      # holds users.lock shared; whoever keeps it open keeps the mount
+
+    def close(self) -> None:
+        """This process's hold (a forked helper keeps its own copy)."""
+        if self.users_fd >= 0:
+            os.close(self.users_fd)
+            self.users_fd = -1
+
+
+def mapping_options(ids: IdMap) -> str:
+    """fusefs' uidmapping/gidmapping for a namespace of ids.uid as 0 and the subordinate ranges from 1."""
+    if not (ids.full and ids.subuids and ids.subgids):
+        raise RootlessError("overlay storage needs a subordinate id range (/etc/subuid and /etc/subgid)",
+                            'without one, leave "storage-driver" at fusefs')
+    return (f"uidmapping=0:{ids.uid}:1:1:{ids.subuids.start}:{ids.subuids.count},"
+            f"gidmapping=0:{ids.gid}:1:1:{ids.subgids.start}:{ids.subgids.count}")
+
+
+def usable_path(path: str) -> bool:
+    """overlayfs' mount options cannot hold these in a layer's path."""
+    return not any(c in path for c in ",:\\\n")
+
+
+def acquire(runtime_dir: Path, lowers: list[str], ids: IdMap) -> SharedLower:
+    """The shared mount of LOWERS (top first) for a namespace of IDS, made if needed; held until closed."""
+    mapping = mapping_options(ids)
+    for path in lowers:
+        if not usable_path(path):
+            raise RootlessError(f"overlay storage cannot use the layer path {path} (it holds , : or \\)",
+                                'move the store, or leave "storage-driver" at fusefs')
+    key = hashlib.sha256("\n".join([*lowers, mapping]).encode()).hexdigest()[:20]
+    home = runtime_dir / "lowers" / key
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mnt = home / "mnt"
+    mnt.mkdir(exist_ok=True, mode=0o700)
+    users = os.open(home / "users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(users, fcntl.LOCK_SH)   # waits while the watcher unmounts
+        guard = os.open(home / "mount.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            if not _mounted(str(mnt)):
+                _mount(lowers, mapping, home, str(mnt))
+        finally:
+            os.close(guard)
+    except BaseException:
+        os.close(users)
+        raise
+    return SharedLower(str(mnt), users)
+
+
+def _mounted(mnt: str) -> bool:
+    try:
+        os.stat(mnt)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:   # its daemon is gone: detach the dead mount
+            subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+            return False
+        raise
+    return os.path.ismount(mnt)
+
+
+def _mount(lowers: list[str], mapping: str, home: Path, mnt: str) -> None:
+    log = home / "fusefs.log"
+    cmd = [sys.executable, "-m", "fusefs", "-o", f"lowerdir={':'.join(lowers)},{mapping},allow_other", mnt]
+    with open(log, "ab") as out:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=120)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise RootlessError(f"the image's shared mount failed: {tail[0]}", f"see {log}")
+    with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
+        subprocess.Popen(["sh", "-c", _WATCHER, "rootless-lower-watcher", str(home / "users.lock"), mnt,
+                          str(WATCH_SECONDS)], stdin=null_in, stdout=null_out, stderr=null_out,
+                         start_new_session=True, close_fds=True)
