@@ -400,6 +400,32 @@ class Rootless(Engine):
         return None
 
 
+class RootlessOverlay(Rootless):
+    """rootless with ``"storage-driver": "overlay"`` (rootless/runtime/shared.py), on the same store:
+    the containers of an image share one read-only fusefs mount, each under a kernel overlayfs.
+    What it serves them from is the layer tars and that mount, whose page cache counts once."""
+
+    name = "rootless-overlay"
+
+    def __init__(self, runner: Runner, env: dict[str, str], refs: dict[str, str], store: Path, config: Path) -> None:
+        super().__init__(runner, env, refs, store)
+        self.env = {**self.env, "ROOTLESS_CONFIG": str(config)}
+
+    def remove_all(self) -> None:
+        super().remove_all()
+        # The image mounts outlive their last container by up to a watcher's round (10 s), and
+        # the run's sweep kills their daemons with the rest: let nothing hold the work dir.
+        self.runner.run(["sh", "-c", 'for m in "$0"/run/lowers/*/mnt; do fusermount3 -u -z "$m"; done; true',
+                         str(self.store)], self.env, 60)
+
+    def inspect(self, name: str) -> Box:
+        box = super().inspect(name)
+        data = json.loads(self.check(["inspect", name]))[0]["GraphDriver"]["Data"]
+        if data.get("SharedLowerDir"):
+            box.lowers.append(data["SharedLowerDir"])
+        return box
+
+
 class Podman(Engine):
     name = "podman"
 
@@ -597,7 +623,7 @@ class Bench:
                     shown = e.default_network if mode == DEFAULT else mode
                     rows.append(Row(e.name, shown, mode if e.name != "ch-run" else "-",
                                     None if e.problem else e.start_cmd(image, mode), e.env, error=e.problem))
-                if isinstance(e, Rootless):
+                if type(e) is Rootless:
                     rows.append(Row(COLD, HOST, HOST, None if e.problem else e.start_cmd(image, HOST), e.cold_env(),
                                     error=e.problem))
             rows.append(Row("unshare -Ur true", "-", "-", ["unshare", "-Ur", "true"], env))
@@ -621,7 +647,7 @@ class Bench:
                         e.detach(image, "bench-exec", HOST)
                         started.append(e)
                     rows.append(row)
-                    if isinstance(e, Rootless):
+                    if type(e) is Rootless:
                         rows.append(Row(COLD, HOST, HOST, command, e.cold_env(), error=row.error))
                 log(f"exec: {IMAGES[image]}, {self.a.tries} tries")
                 time_rows(self.runner, rows, self.a.tries, f"exec {image}")
@@ -731,7 +757,7 @@ def ten_table(image: str, ten: dict[str, Ten], load: tuple[Load, Load]) -> str:
     names = list(ten)
     lines = [f"\n== {TEN} idle containers of {image} (network host; sync + drop_caches first) ==",
              load_line(load, drops=False)]
-    hdr = f"{'':<46}" + "".join(f"{n:>14}" for n in names)
+    hdr = f"{'':<46}" + "".join(f"{n:>18}" for n in names)
     lines += [hdr, "-" * len(hdr)]
 
     def line(label: str, value: Callable[[Ten], str]) -> None:
@@ -741,7 +767,7 @@ def ten_table(image: str, ten: dict[str, Ten], load: tuple[Load, Load]) -> str:
                 cells.append("FAIL" if ten[n].error else value(ten[n]))
             except (KeyError, AttributeError, AssertionError, ZeroDivisionError, statistics.StatisticsError):
                 cells.append("-")
-        lines.append(f"{label:<46}" + "".join(f"{c:>14}" for c in cells))
+        lines.append(f"{label:<46}" + "".join(f"{c:>18}" for c in cells))
 
     def at(key: str, part: Callable[[CachePoint], int]) -> Callable[[Ten], str]:
         return lambda r: human(part(r.points[key]))
@@ -781,7 +807,7 @@ def ten_table(image: str, ten: dict[str, Ten], load: tuple[Load, Load]) -> str:
 def idle_table(image: str, rows: list[Idle], pause: tuple[int, int | None, int | None] | None,
                warm: tuple[int, int | None, int | None] | None) -> str:
     lines = [f"\n== one idle container ({image}, {' '.join(IDLE)}): the engine's processes that stay =="]
-    hdr = (f"{'contender':<12}{'network':<20}{'processes':<40}{'RSS':>11}{'PSS':>11}{'USS':>11}"
+    hdr = (f"{'contender':<18}{'network':<20}{'processes':<40}{'RSS':>11}{'PSS':>11}{'USS':>11}"
            f"{'PSS vs podman':>15}")
     lines += [hdr, "-" * len(hdr)]
     podman = {r.kind: r.memory.pss for r in rows if r.contender == "podman"}
@@ -789,7 +815,7 @@ def idle_table(image: str, rows: list[Idle], pause: tuple[int, int | None, int |
     for r in rows:
         base, pss = podman.get(r.kind), r.memory.pss
         ratio = f"{pss / base:.2f}x" if pss is not None and base else "-"
-        lines.append(f"{r.contender:<12}{r.network:<20}{r.memory.describe():<40}{size(r.memory.rss):>11}"
+        lines.append(f"{r.contender:<18}{r.network:<20}{r.memory.describe():<40}{size(r.memory.rss):>11}"
                      f"{size(pss):>11}{size(r.memory.uss):>11}{ratio:>15}")
     if pause:
         lines.append(f"  plus podman's pause process, one per user for all its containers: RSS {size(pause[0])}, "
@@ -829,7 +855,8 @@ def problems(runner: Runner, env: dict[str, str]) -> dict[str, str]:
     """Why a contender cannot run here, by name."""
     found = {}
     if not os.access(bench_pull.rootless_bin(), os.X_OK):
-        found["rootless"] = f"not installed at {bench_pull.rootless_bin()} (run scripts/setup)"
+        found["rootless"] = found["rootless-overlay"] = (f"not installed at {bench_pull.rootless_bin()} "
+                                                         "(run scripts/setup)")
     for name, progs in (("podman", ("podman", "fuse-overlayfs", "runc")), ("ch-run", ("ch-run", "ch-convert"))):
         for prog in progs:
             if shutil.which(prog, path=SYSTEM_PATH) is None:
@@ -915,7 +942,12 @@ def measure_all(a: argparse.Namespace) -> int:
             refs = {name: f"{host}/{IMAGES[name]}" for name in layouts}
             chdirs = {name: str(work / "ch" / name) for name in layouts}
             user.mkdir(work / "ch")
+            overlay_config = work / "rootless-overlay.json"
+            overlay_config.write_text(json.dumps({"storage-driver": "overlay"}))
+            os.chmod(overlay_config, 0o644)
             engines = [Rootless(runner, env_for("rootless"), refs, user.mkdir(work / "rootless-store")),
+                       RootlessOverlay(runner, env_for("rootless-overlay"), refs,
+                                       user.mkdir(work / "rootless-overlay-store"), overlay_config),
                        Podman(runner, env_for("podman"), refs, user.mkdir(work / "podman-store"), runroot),
                        ChRun(runner, env_for("ch-run"), chdirs)]
             for e in engines:
