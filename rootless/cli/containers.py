@@ -288,23 +288,33 @@ def _is_running(c: Container) -> bool:
     return is_running(c)
 
 
-STORAGE_DRIVERS = ("fusefs", "overlay")
+STORAGE_DRIVERS = ("auto", "overlay", "fusefs")
 
 
 def _storage_driver(app: App) -> str:
-    """The config's "storage-driver" for a new container: overlay needs subordinate ids (the
-    shared mount's owners are the namespace's), so without them fusefs, with a warning."""
-    from ..runtime import idmap
+    """The config's "storage-driver" for a new container.
 
-    driver = app.config.extra.get("storage-driver", "fusefs")
+    overlay (shared.py) needs a full id map (the shared mount's owners are the namespace's),
+    a user namespace (not proot) and a kernel and store that take an unprivileged overlayfs;
+    auto, the default, takes it where all of that holds and fusefs elsewhere; overlay asked
+    for without subordinate ids gives fusefs with a warning."""
+    from ..runtime import host, idmap, shared
+
+    driver = app.config.extra.get("storage-driver", "auto")
     if driver not in STORAGE_DRIVERS:
         raise RootlessError(f'unknown "storage-driver" {driver!r} in the config file',
-                            "use " + " or ".join(STORAGE_DRIVERS))
-    if driver == "overlay" and not idmap.detect(_use_subids(app)).full:
-        click.echo('WARNING: "storage-driver": "overlay" needs a subordinate id range; this container uses fusefs',
-                   err=True)
+                            "use " + ", ".join(STORAGE_DRIVERS))
+    if driver == "fusefs":
         return "fusefs"
-    return str(driver)
+    full = idmap.detect(_use_subids(app)).full
+    if driver == "overlay":
+        if not full:
+            click.echo('WARNING: "storage-driver": "overlay" needs a subordinate id range; this container uses '
+                       "fusefs", err=True)
+            return "fusefs"
+        return "overlay"
+    usable = full and host.runtime_mode() == host.USERNS and shared.overlay_usable(app.config.store_dir)
+    return "overlay" if usable else "fusefs"
 
 
 def _shared_lower(app: App, container: Container, lowers: list[str], ids: Any) -> Any:

@@ -25,13 +25,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RootlessError
+from . import linux
 from .idmap import IdMap
 
 #: How often the watcher looks whether any container still uses the mount.
@@ -119,3 +123,66 @@ def _mount(lowers: list[str], mapping: str, home: Path, mnt: str) -> None:
         subprocess.Popen(["sh", "-c", _WATCHER, "rootless-lower-watcher", str(home / "users.lock"), mnt,
                           str(WATCH_SECONDS)], stdin=null_in, stdout=null_out, stderr=null_out,
                          start_new_session=True, close_fds=True)
+
+
+# -- whether this kernel and this store can do it -------------------------------------------------
+
+PROBE_FILE = "overlay-probe.json"
+
+
+def overlay_usable(store_dir: Path) -> bool:
+    """Whether an unprivileged kernel overlayfs (``userxattr``) with its upper layer in STORE_DIR
+    works here: tried once for real (a mount, a file, a whiteout) in a throwaway user namespace,
+    and the answer kept in STORE_DIR per kernel and filesystem.  No: a kernel before 5.11, a
+    store on NFS or another file system without user xattrs, a seccomp or LSM policy."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    key = {"kernel": os.uname().release, "dev": os.stat(store_dir).st_dev}
+    stamp = store_dir / PROBE_FILE
+    try:
+        seen = json.loads(stamp.read_text())
+        if {k: seen.get(k) for k in key} == key:
+            return bool(seen.get("ok"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    ok = _probe(store_dir)
+    fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=store_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump({**key, "ok": ok}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, stamp)
+    return ok
+
+
+def _probe(store_dir: Path) -> bool:
+    scratch = Path(tempfile.mkdtemp(prefix=".overlay-probe-", dir=store_dir))
+    try:
+        for d in ("lower", "upper", "work", "merged"):
+            (scratch / d).mkdir()
+        (scratch / "lower" / "gone").write_text("x")
+        uid, gid = os.getuid(), os.getgid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+                for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1\n"), ("gid_map", f"0 {gid} 1\n")):
+                    with open(f"/proc/self/{name}", "w") as f:
+                        f.write(text)
+                merged = str(scratch / "merged")
+                linux.mount("overlay", merged, "overlay", 0,
+                            f"lowerdir={scratch}/lower,upperdir={scratch}/upper,workdir={scratch}/work,userxattr")
+                with open(merged + "/made", "w") as f:
+                    f.write("y")
+                os.unlink(merged + "/gone")    # a whiteout in the upper layer
+                code = 0 if not os.path.exists(merged + "/gone") else 1
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+    finally:
+        # The kernel leaves work/work with mode 0: opened up first, top down.
+        subprocess.run(["chmod", "-R", "u+rwX", str(scratch)], capture_output=True)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -109,3 +109,33 @@ def test_an_unknown_driver_is_refused(cli: Cli, tmp_path: Path) -> None:
     config.write_text(json.dumps({"storage-driver": "zfs"}))
     done = cli.proc("--config", str(config), "run", "--rm", "ovl", "true")
     assert done.returncode == 125 and 'unknown "storage-driver"' in done.stderr
+
+
+def root_fs_type(cli: Cli, config: Path | None) -> str:
+    args = ("--config", str(config)) if config else ()
+    done = cli.proc(*args, "run", "--rm", "--network", "none", "ovl", "sh", "-c", "grep ' / ' /proc/mounts | cut -d' ' -f3")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_auto_takes_overlay_where_it_works_and_fusefs_is_still_there(cli: Cli, tmp_path: Path) -> None:
+    auto = tmp_path / "auto.json"
+    auto.write_text("{}")
+    fusefs = tmp_path / "fusefs.json"
+    fusefs.write_text(json.dumps({"storage-driver": "fusefs"}))
+    assert root_fs_type(cli, auto) == "overlay"          # this kernel and store take it (probed)
+    assert root_fs_type(cli, fusefs).startswith("fuse")
+
+
+def test_the_overlay_probe_is_kept_per_kernel_and_file_system(tmp_path: Path) -> None:
+    from rootless.runtime import shared
+
+    store = tmp_path / "store"
+    assert shared.overlay_usable(store) is True
+    stamp = json.loads((store / shared.PROBE_FILE).read_text())
+    assert stamp == {"kernel": os.uname().release, "dev": os.stat(store).st_dev, "ok": True}
+    (store / shared.PROBE_FILE).write_text(json.dumps({**stamp, "ok": False}))
+    assert shared.overlay_usable(store) is False          # kept, not probed again
+    (store / shared.PROBE_FILE).write_text(json.dumps({**stamp, "kernel": "0.0", "ok": False}))
+    assert shared.overlay_usable(store) is True           # another kernel: probed again
+    assert [p.name for p in store.iterdir()] == [shared.PROBE_FILE]   # the scratch is gone
