@@ -16,6 +16,9 @@ Contenders:
   and the default mode, whose backend (pasta or slirp4netns) the row names.  These go
   through its warm process (rootless/warm.py), which the warm-up try starts; the
   ``rootless (no warm)`` rows run with ROOTLESS_WARM=0: the engine loaded by every command.
+  Its storage is the default, ``auto``: overlay storage where it works (here it does).
+* rootless-fusefs: the same with ``"storage-driver": "fusefs"``: each container on a
+  fusefs mount of its own.
 * podman: rootless podman 4 with the overlay driver and fuse-overlayfs as
   mount_program (as bench-pull runs it), ``--runtime runc``: crun 1.8 refuses to start
   anything on a host whose cgroup v2 hierarchy holds a controller while v1 is mounted
@@ -383,6 +386,17 @@ class Rootless(Engine):
     def remove_all(self) -> None:
         out = self.call(["ps", "-aq"])
         self.remove(out.output.split() if out.rc == 0 else [])
+        # Overlay storage's image mounts outlive their last container by up to a watcher's
+        # round (10 s), and the run's sweep kills their daemons with the rest: unmounted here.
+        self.runner.run(["sh", "-c", 'for m in "$0"/run/lowers/*/mnt; do fusermount3 -u -z "$m"; done; true',
+                         str(self.store)], self.env, 60)
+
+    def inspect(self, name: str) -> Box:
+        box = super().inspect(name)
+        data = json.loads(self.check(["inspect", name]))[0]["GraphDriver"]["Data"]
+        if data.get("SharedLowerDir"):
+            box.lowers.append(data["SharedLowerDir"])
+        return box
 
     def cold_env(self) -> dict[str, str]:
         """The environment of a rootless that loads the engine itself: no warm process."""
@@ -400,30 +414,17 @@ class Rootless(Engine):
         return None
 
 
-class RootlessOverlay(Rootless):
-    """rootless with ``"storage-driver": "overlay"`` (rootless/runtime/shared.py), on the same store:
-    the containers of an image share one read-only fusefs mount, each under a kernel overlayfs.
-    What it serves them from is the layer tars and that mount, whose page cache counts once."""
+class RootlessFusefs(Rootless):
+    """rootless with ``"storage-driver": "fusefs"``, on a store of its own: each container on a
+    fusefs mount of its own, served by its helper (the default, ``auto``, takes overlay storage
+    where it works: rootless/runtime/shared.py).  Both are served from the layer tars; overlay
+    containers also from the image's shared mount, whose page cache counts once."""
 
-    name = "rootless-overlay"
+    name = "rootless-fusefs"
 
     def __init__(self, runner: Runner, env: dict[str, str], refs: dict[str, str], store: Path, config: Path) -> None:
         super().__init__(runner, env, refs, store)
         self.env = {**self.env, "ROOTLESS_CONFIG": str(config)}
-
-    def remove_all(self) -> None:
-        super().remove_all()
-        # The image mounts outlive their last container by up to a watcher's round (10 s), and
-        # the run's sweep kills their daemons with the rest: let nothing hold the work dir.
-        self.runner.run(["sh", "-c", 'for m in "$0"/run/lowers/*/mnt; do fusermount3 -u -z "$m"; done; true',
-                         str(self.store)], self.env, 60)
-
-    def inspect(self, name: str) -> Box:
-        box = super().inspect(name)
-        data = json.loads(self.check(["inspect", name]))[0]["GraphDriver"]["Data"]
-        if data.get("SharedLowerDir"):
-            box.lowers.append(data["SharedLowerDir"])
-        return box
 
 
 class Podman(Engine):
@@ -855,7 +856,7 @@ def problems(runner: Runner, env: dict[str, str]) -> dict[str, str]:
     """Why a contender cannot run here, by name."""
     found = {}
     if not os.access(bench_pull.rootless_bin(), os.X_OK):
-        found["rootless"] = found["rootless-overlay"] = (f"not installed at {bench_pull.rootless_bin()} "
+        found["rootless"] = found["rootless-fusefs"] = (f"not installed at {bench_pull.rootless_bin()} "
                                                          "(run scripts/setup)")
     for name, progs in (("podman", ("podman", "fuse-overlayfs", "runc")), ("ch-run", ("ch-run", "ch-convert"))):
         for prog in progs:
@@ -942,12 +943,12 @@ def measure_all(a: argparse.Namespace) -> int:
             refs = {name: f"{host}/{IMAGES[name]}" for name in layouts}
             chdirs = {name: str(work / "ch" / name) for name in layouts}
             user.mkdir(work / "ch")
-            overlay_config = work / "rootless-overlay.json"
-            overlay_config.write_text(json.dumps({"storage-driver": "overlay"}))
-            os.chmod(overlay_config, 0o644)
+            fusefs_config = work / "rootless-fusefs.json"
+            fusefs_config.write_text(json.dumps({"storage-driver": "fusefs"}))
+            os.chmod(fusefs_config, 0o644)
             engines = [Rootless(runner, env_for("rootless"), refs, user.mkdir(work / "rootless-store")),
-                       RootlessOverlay(runner, env_for("rootless-overlay"), refs,
-                                       user.mkdir(work / "rootless-overlay-store"), overlay_config),
+                       RootlessFusefs(runner, env_for("rootless-fusefs"), refs,
+                                      user.mkdir(work / "rootless-fusefs-store"), fusefs_config),
                        Podman(runner, env_for("podman"), refs, user.mkdir(work / "podman-store"), runroot),
                        ChRun(runner, env_for("ch-run"), chdirs)]
             for e in engines:
