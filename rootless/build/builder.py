@@ -85,6 +85,10 @@ class Options:
     labels: Mapping[str, str] = field(default_factory=dict)
     quiet: bool = False
     use_subids: bool = True
+    #: Where RUN steps may share the image's mount under an overlayfs (runtime/shared.py):
+    #: the config's "storage-driver" and the runtime dir the shared mounts live under.
+    storage_driver: str = "auto"
+    runtime_dir: Path | None = None
 
 
 @dataclass
@@ -519,13 +523,21 @@ class Builder:
                 path.write_text(text)
                 path.chmod(0o755)
                 etc_files[target] = str(path)
-            job = launch.Launch(rootfs=str(container.rootfs),
-                                lowers=[str(self.store.layer_path(d)) for d in reversed(diff_ids)],
+            lowers = [str(self.store.layer_path(d)) for d in reversed(diff_ids)]
+            lower = self._shared_lower(lowers)
+            if lower is not None:
+                container.record["Storage"] = "overlay"
+            job = launch.Launch(rootfs=str(container.rootfs), lowers=lowers,
                                 upper=str(container.upper), work=str(container.work),
                                 process=ProcessSpec(tuple(argv), tuple(env), cwd, user), ids=self.ids,
                                 hostname=hostname, etc_files=etc_files, network=network,
-                                fuse_log=str(container.dir / "fusefs.log"))
-            code = self._start_and_wait(job)
+                                fuse_log=str(container.dir / "fusefs.log"),
+                                shared_lower=lower.path if lower is not None else None)
+            try:
+                code = self._start_and_wait(job)
+            finally:
+                if lower is not None:
+                    lower.close()
             if code != 0:
                 raise RunFailed(f"The command '{shown}' returned a non-zero code: {code}")
             stage_path = stage_dir(self.store, "build-")
@@ -540,9 +552,24 @@ class Builder:
         finally:
             if stage_path is not None:
                 shutil.rmtree(stage_path, ignore_errors=True)
+            if container.record.get("Storage") == "overlay":
+                from ..runtime.shared import empty_writable_layer
+
+                empty_writable_layer(str(container.upper), str(container.work), self.ids)
             self.containers.remove(container)
         self.say(f"Removing intermediate container {container.id[:12]}")
         return layer
+
+    def _shared_lower(self, lowers: list[str]) -> Any:
+        """A RUN step's root as run's: overlay over the image's shared mount where that works
+        (runtime/shared.py), else None (fusefs).  An image with no layers (scratch) has no lower."""
+        from ..runtime import host, shared
+
+        runtime_dir = self.options.runtime_dir
+        if (runtime_dir is None or not lowers or not self.ids.full or self.options.storage_driver == "fusefs"
+                or host.runtime_mode() != host.USERNS or not shared.overlay_usable(self.store.root)):
+            return None
+        return shared.acquire(runtime_dir, lowers, self.ids)
 
     def _start_and_wait(self, job: Any) -> int:
         from ..runtime import launch

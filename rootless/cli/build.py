@@ -80,7 +80,9 @@ def build(app: App, context: str, dockerfile: str | None, tags: tuple[str, ...],
                                     "give the Dockerfile with -f, or put one in the context") from None
         use_subids = _use_subids(app)
         options = Options(tags=tags, build_args=_pairs(build_args, "--build-arg"), target=target,
-                          no_cache=no_cache, labels=_pairs(labels, "--label"), quiet=quiet, use_subids=use_subids)
+                          no_cache=no_cache, labels=_pairs(labels, "--label"), quiet=quiet, use_subids=use_subids,
+                          storage_driver=str(app.config.extra.get("storage-driver", "auto")),
+                          runtime_dir=app.config.runtime_dir)
         builder = Builder(store, Containers(app.config), options=options, out=sys.stdout,
                           pull=lambda ref: do_pull(app, ref, out=sys.stdout if not quiet else _Null()),
                           ids=detect(use_subids))

@@ -352,7 +352,9 @@ def _remove_container(app: App, container: Container, volumes: bool = True) -> N
 
     teardown_dir(str(container.dir))   # a network daemon that a killed helper left behind
     if container.record.get("Storage") == "overlay":
-        _empty_upper(container)
+        from ..runtime import idmap, shared
+
+        shared.empty_writable_layer(str(container.upper), str(container.work), idmap.for_record(container.record))
     _containers(app).remove(container)
     if volumes:
         store = Volumes(app.config)
@@ -362,28 +364,6 @@ def _remove_container(app: App, container: Container, volumes: bool = True) -> N
                     store.remove(m["name"])
                 except RootlessError:
                     pass
-
-
-def _empty_upper(container: Container) -> None:
-    """An overlay container's writable layer holds files of its subordinate ids, which only its
-    user namespace may delete: emptied there, before the directory goes."""
-    import shutil
-
-    from ..runtime import enter, idmap
-
-    upper, work = str(container.upper), str(container.work)
-
-    def child() -> None:
-        for path in (upper, work):
-            shutil.rmtree(path, ignore_errors=True)
-
-    child()   # enough in the container's own helper (--rm), which is that namespace's root already
-    if not (os.path.exists(upper) or os.path.exists(work)):
-        return
-    try:
-        enter.call(child, ids=idmap.for_record(container.record))
-    except RootlessError:
-        pass   # what is left, the removal below leaves too; rm says nothing more than docker would
 
 
 @main.command()

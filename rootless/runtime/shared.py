@@ -186,3 +186,23 @@ def _probe(store_dir: Path) -> bool:
         # The kernel leaves work/work with mode 0: opened up first, top down.
         subprocess.run(["chmod", "-R", "u+rwX", str(scratch)], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def empty_writable_layer(upper: str, work: str, ids: IdMap) -> None:
+    """An overlay container's writable layer holds files of its subordinate ids, which only its
+    user namespace may delete: emptied there.  Enough by itself in the container's own helper
+    (its user namespace's root already); elsewhere done in a fresh user namespace mapped as IDS."""
+    from . import enter
+
+    def child() -> None:
+        for path in (upper, work):
+            subprocess.run(["chmod", "-R", "u+rwX", path], capture_output=True)   # overlayfs' work/work is 0000
+            shutil.rmtree(path, ignore_errors=True)
+
+    child()
+    if not (os.path.exists(upper) or os.path.exists(work)):
+        return
+    try:
+        enter.call(child, ids=ids)
+    except RootlessError:
+        pass   # what is left, the directory's removal leaves too
