@@ -341,7 +341,7 @@ def test_kill_9_during_a_pull_leaves_no_image_and_the_next_pull_completes(cli: C
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(p.name.endswith(".partial") and p.stat().st_size > 0 for p in tmp.iterdir()):
+        if _downloading(tmp):
             break
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
@@ -353,6 +353,18 @@ def test_kill_9_during_a_pull_leaves_no_image_and_the_next_pull_completes(cli: C
     layer = cli.root / "storage" / "layers" / (image.diff_ids[0][7:] + ".tar")
     assert layer.exists()
     assert not [p for p in tmp.iterdir()]
+
+
+def _downloading(tmp: Path) -> bool:
+    """A blob is on its way into TMP: a .partial file with bytes in it (one that is renamed into
+    the store between the listing and the stat, the small layer's, is not)."""
+    for p in tmp.iterdir():
+        try:
+            if p.name.endswith(".partial") and p.stat().st_size > 0:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 # -- peers ------------------------------------------------------------------------------------------
