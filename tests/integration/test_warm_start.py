@@ -214,6 +214,8 @@ def test_ctrl_z_stops_the_command_process_with_its_caller(cli: Cli, idle: float)
                             env=env(cli, idle), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        # warmed()'s own commands' processes may still be on their way out
+        assert wait_for(lambda: len(children(server)) == 1, timeout=10)
         [command] = children(server)
         proc.send_signal(signal.SIGTSTP)
         assert wait_for(lambda: state(proc.pid) == "T" and state(command) == "T", timeout=10)
@@ -238,7 +240,7 @@ def test_a_background_job_on_a_terminal_runs_the_ordinary_way(cli: Cli, idle: fl
             if job == 0:
                 os.setpgid(0, 0)   # a job of its own, not the terminal's foreground one
                 os.environ.update(env(cli, idle))
-                argv = cli.argv("run", "--rm", "bb", "sleep", "2")
+                argv = cli.argv("run", "--rm", "bb", "sleep", "5")
                 os.execv(argv[0], argv)
             os.write(1, f"job {job}\n".encode())
             _, status = os.waitpid(job, 0)
@@ -251,7 +253,7 @@ def test_a_background_job_on_a_terminal_runs_the_ordinary_way(cli: Cli, idle: fl
         job = int(seen.split()[1])
         # The ordinary way: the caller itself forks the container's helper.
         assert wait_for(lambda: bool(children(job)), timeout=10)
-        assert children(server) == []
+        assert wait_for(lambda: children(server) == [], timeout=2)   # warmed()'s commands gone, no other came
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
