@@ -566,8 +566,8 @@ class Builder:
         from ..runtime import host, shared
 
         runtime_dir = self.options.runtime_dir
-        if (runtime_dir is None or not lowers or not self.ids.full or self.options.storage_driver == "fusefs"
-                or host.runtime_mode() != host.USERNS or not shared.overlay_usable(self.store.root)):
+        if (runtime_dir is None or not lowers or host.runtime_mode() != host.USERNS
+                or shared.choose(self.options.storage_driver, self.ids, self.store.root) != "overlay"):
             return None
         return shared.acquire(runtime_dir, lowers, self.ids)
 

@@ -184,7 +184,12 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
             _remove_container(app, container)
 
     ids = idmap.for_record(container.record)
-    shared = _shared_lower(app, container, list(saved["Lowers"]), ids)
+    try:
+        shared = _shared_lower(app, container, list(saved["Lowers"]), ids)
+    except RootlessError:
+        if remove:
+            _remove_container(app, container)
+        raise
 
     job = launch.Launch(rootfs=str(container.rootfs), lowers=list(saved["Lowers"]), upper=str(container.upper),
                         work=str(container.work), process=process, ids=ids,
@@ -288,33 +293,17 @@ def _is_running(c: Container) -> bool:
     return is_running(c)
 
 
-STORAGE_DRIVERS = ("auto", "overlay", "fusefs")
-
-
 def _storage_driver(app: App) -> str:
-    """The config's "storage-driver" for a new container.
-
-    overlay (shared.py) needs a full id map (the shared mount's owners are the namespace's),
-    a user namespace (not proot) and a kernel and store that take an unprivileged overlayfs;
-    auto, the default, takes it where all of that holds and fusefs elsewhere; overlay asked
-    for without subordinate ids gives fusefs with a warning."""
-    from ..runtime import host, idmap, shared
+    """The storage of a new container (runtime/shared.py); overlay asked for without subordinate
+    ids gives fusefs, with a warning."""
+    from ..runtime import idmap, shared
 
     driver = app.config.extra.get("storage-driver", "auto")
-    if driver not in STORAGE_DRIVERS:
-        raise RootlessError(f'unknown "storage-driver" {driver!r} in the config file',
-                            "use " + ", ".join(STORAGE_DRIVERS))
-    if driver == "fusefs":
-        return "fusefs"
-    full = idmap.detect(_use_subids(app)).full
-    if driver == "overlay":
-        if not full:
-            click.echo('WARNING: "storage-driver": "overlay" needs a subordinate id range; this container uses '
-                       "fusefs", err=True)
-            return "fusefs"
-        return "overlay"
-    usable = full and host.runtime_mode() == host.USERNS and shared.overlay_usable(app.config.store_dir)
-    return "overlay" if usable else "fusefs"
+    chosen = shared.choose(driver, idmap.detect(_use_subids(app)), app.config.store_dir)
+    if driver == "overlay" and chosen != "overlay":
+        click.echo('WARNING: "storage-driver": "overlay" needs a subordinate id range; this container uses fusefs',
+                   err=True)
+    return chosen
 
 
 def _shared_lower(app: App, container: Container, lowers: list[str], ids: Any) -> Any:

@@ -127,6 +127,25 @@ def _mount(lowers: list[str], mapping: str, home: Path, mnt: str) -> None:
 
 # -- whether this kernel and this store can do it -------------------------------------------------
 
+DRIVERS = ("auto", "overlay", "fusefs")
+
+
+def choose(driver: object, ids: IdMap, store_dir: Path) -> str:
+    """The storage of a new container for the config's "storage-driver" DRIVER: "overlay" or
+    "fusefs".  overlay needs a full id map (the shared mount's owners are the namespace's) and,
+    for auto, the default, also a user namespace (not proot) and a kernel and store that take an
+    unprivileged overlayfs; overlay asked for outright is taken wherever the ids allow it."""
+    from . import host
+
+    if driver not in DRIVERS:
+        raise RootlessError(f'unknown "storage-driver" {driver!r} in the config file', "use " + ", ".join(DRIVERS))
+    if driver == "fusefs" or not ids.full:
+        return "fusefs"
+    if driver == "overlay":
+        return "overlay"
+    return "overlay" if host.runtime_mode() == host.USERNS and overlay_usable(store_dir) else "fusefs"
+
+
 PROBE_FILE = "overlay-probe.json"
 
 
