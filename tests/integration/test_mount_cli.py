@@ -190,6 +190,11 @@ def test_podman_uses_fusefs_as_its_mount_program(tmp_path):
     finally:
         subprocess.run(podman + ["unshare", "rm", "-rf", str(tmp_path / "storage"), runroot],
                        env=env, capture_output=True, timeout=120)
+        for pidfile in (tmp_path / "xdg").glob("**/pause.pid"):   # podman's pause process: nothing needs it now
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
 
 
 def _owned_tar(path, members):
