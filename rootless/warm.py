@@ -161,14 +161,18 @@ def listening(idle: float) -> int | None:
         with open("/proc/net/unix") as f:
             if not any(line.split()[-1:] == ["@" + name] for line in f):
                 return None
+        found = {}   # its command processes carry its command line too: the one whose parent is not one
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 try:
                     with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                        if name.encode() in f.read().split(b"\0"):
-                            return int(entry.name)
-                except OSError:
+                        if name.encode() not in f.read().split(b"\0"):
+                            continue
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        found[int(entry.name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
                     continue
+        return next((pid for pid, parent in sorted(found.items()) if parent not in found), None)
     except OSError:
         pass
     return None

@@ -34,20 +34,23 @@ def cli(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Cli:
 
 def servers(idle: float) -> list[int]:
     """The warm processes of this test's callers (this process has their identity: same Python,
-    code, cgroup and namespaces) that wait IDLE seconds."""
+    code, cgroup and namespaces) that wait IDLE seconds. Their command processes, forked from
+    them, carry the same command line: a match whose parent matches too is one of those."""
     name = warm.socket_name(idle).lstrip("\0")
-    found = []
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-        except OSError:
+            with open(f"/proc/{entry.name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if b"rootless.warm" in argv and name.encode() in argv:
-            found.append(int(entry.name))
-    return found
+            found[int(entry.name)] = ppid
+    return sorted(pid for pid, ppid in found.items() if ppid not in found)
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
