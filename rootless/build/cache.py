@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,17 +74,9 @@ class Cache:
         data = json.dumps({"config": config, "layers": [
             {"diff_id": layer.diff_id, "mediaType": layer.blob.media_type, "digest": layer.blob.digest,
              "size": layer.blob.size} for layer in layers]}, separators=(",", ":")).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.dir / key)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
+        from ..runtime.containers import write_atomic
+
+        write_atomic(self.dir / key, data)
 
 
 def hash_tree(tree: Tree, rels: Sequence[bytes], names: Sequence[bytes]) -> str:

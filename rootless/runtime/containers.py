@@ -68,7 +68,7 @@ class Container:
         return self.dir / "rootfs"
 
     def save(self) -> None:
-        _write_atomic(self.dir / "config.json", json.dumps(self.record, indent=1).encode())
+        write_atomic(self.dir / "config.json", json.dumps(self.record, indent=1).encode())
 
 
 class Containers:
@@ -162,7 +162,8 @@ def _random_name(taken: set[str]) -> str:
     return f"{rng.choice(_ADJECTIVES)}_{rng.choice(_NOUNS)}{rng.randrange(1000)}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """PATH holds DATA whole or not at all: a temp file beside it, fsync'd, renamed over it."""
     fd, tmp = tempfile.mkstemp(prefix=".write-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..errors import RootlessError
 from . import linux
+from .containers import write_atomic
 from .idmap import IdMap
 
 #: How often the watcher looks whether any container still uses the mount.
@@ -164,12 +165,7 @@ def overlay_usable(store_dir: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         pass
     ok = _probe(store_dir)
-    fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=store_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump({**key, "ok": ok}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, stamp)
+    write_atomic(stamp, json.dumps({**key, "ok": ok}).encode())
     return ok
 
 
