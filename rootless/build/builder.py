@@ -509,15 +509,7 @@ class Builder:
         try:
             self.say(f" ---> Running in {container.id[:12]}")
             hostname = container.id[:12]
-            etc = {"/etc/hosts": netmod.hosts_text(network, hostname), "/etc/hostname": hostname + "\n"}
-            resolv = netmod.resolv_text(network)
-            if resolv is not None:
-                etc["/etc/resolv.conf"] = resolv
-            etc_files = {}
-            for target, text in etc.items():
-                path = container.dir / os.path.basename(target)
-                path.write_text(text)
-                etc_files[target] = str(path)
+            etc_files = netmod.write_etc_files(str(container.dir), hostname, network)
             for index, (target, text) in enumerate((files or {}).items()):
                 path = container.dir / f"inline-{index}"
                 path.write_text(text)

@@ -43,21 +43,6 @@ def _image_for_run(app: App, name: str, pull: str, platform: str | None) -> Imag
     return do_pull(app, name, platform=platform, out=sys.stderr)
 
 
-def _etc_files(container: Container, hostname: str, network: str, backend: str | None = None) -> dict[str, str]:
-    from ..runtime import network as net
-
-    files = {"/etc/hosts": net.hosts_text(network, hostname), "/etc/hostname": hostname + "\n"}
-    resolv = net.resolv_text(network, backend)
-    if resolv is not None:
-        files["/etc/resolv.conf"] = resolv
-    out = {}
-    for target, text in files.items():
-        path = container.dir / os.path.basename(target)
-        path.write_text(text)
-        out[target] = str(path)
-    return out
-
-
 @main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @click.option("-e", "--env", "env", multiple=True, help="Set an environment variable (KEY=VALUE, or KEY from here).")
 @click.option("--env-file", multiple=True, type=click.Path(dir_okay=False), help="Read variables from a file.")
@@ -162,7 +147,7 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
 
     saved = container.record["Launch"]
     mode = saved["Network"]
-    etc = _etc_files(container, saved["Hostname"], mode)
+    etc = network.write_etc_files(str(container.dir), saved["Hostname"], mode)
     try:
         plan = network.plan(mode, [network.Port.from_json(p) for p in saved.get("Ports", [])],
                             state_dir=str(container.dir), hosts_file=etc["/etc/hosts"], hostname=saved["Hostname"],
@@ -173,7 +158,7 @@ def _start(app: App, container: Container, *, detach: bool, interactive: bool, r
             _remove_container(app, container)
         raise
     if plan is not None:
-        etc = _etc_files(container, saved["Hostname"], mode, plan.backend)
+        etc = network.write_etc_files(str(container.dir), saved["Hostname"], mode, plan.backend)
     p = saved["Process"]
     process = spec.ProcessSpec(tuple(p["Args"]), tuple(p["Env"]), p["Cwd"], p["User"])
     mounts = [Mount(**m) for m in saved.get("Mounts", [])]

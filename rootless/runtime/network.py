@@ -474,6 +474,22 @@ def resolv_text(mode: str, backend: str | None = None, host_resolv: str = "/etc/
     return "\n".join([f"nameserver {server}", *kept]) + "\n"
 
 
+def write_etc_files(directory: str, hostname: str, mode: str, backend: str | None = None) -> dict[str, str]:
+    """A container's /etc/hosts, /etc/hostname and (unless it keeps the image's) /etc/resolv.conf,
+    written into DIRECTORY to be bound over the image's: container path -> file."""
+    files = {"/etc/hosts": hosts_text(mode, hostname), "/etc/hostname": hostname + "\n"}
+    resolv = resolv_text(mode, backend)
+    if resolv is not None:
+        files["/etc/resolv.conf"] = resolv
+    out = {}
+    for target, text in files.items():
+        path = os.path.join(directory, os.path.basename(target))
+        with open(path, "w") as f:
+            f.write(text)
+        out[target] = path
+    return out
+
+
 # -- in init: the namespace's side ----------------------------------------------------------------
 
 def loopback_up() -> None:
