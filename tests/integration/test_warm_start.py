@@ -32,6 +32,12 @@ def cli(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     return c
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def servers(idle: float) -> list[int]:
     """The warm processes of this test's callers (this process has their identity: same Python,
     code, cgroup and namespaces) that wait IDLE seconds. Their command processes, forked from
@@ -44,8 +50,7 @@ def servers(idle: float) -> list[int]:
         try:
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            with open(f"/proc/{entry.name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            ppid = int(stat_fields(int(entry.name))[1])
         except (OSError, ValueError, IndexError):
             continue
         if b"rootless.warm" in argv and name.encode() in argv:
@@ -103,8 +108,7 @@ def children(pid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                fields = stat_fields(int(entry.name))
             except OSError:
                 continue
             if int(fields[1]) == pid:
@@ -207,8 +211,7 @@ def _all_warm() -> list[int]:
 
 
 def state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    return stat_fields(pid)[0]
 
 
 def test_ctrl_z_stops_the_command_process_with_its_caller(cli: Cli, idle: float) -> None:
