@@ -345,15 +345,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tries", type=int, help="tries per contender; each case's median counts (default 3)")
     p.add_argument("--warm", action="store_true", help="do not drop the page cache before the cold build")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}")
-    p.add_argument("--json", metavar="FILE", help="write the raw numbers here")
-    p.add_argument("--user", default="tester", help="as root: run the contenders as this user (default tester)")
-    p.add_argument("--rootless", metavar="PATH", default=bench_pull.rootless_bin(),
-                   help="the rootless command (default: the venv's)")
-    p.add_argument("--cache-dir", metavar="DIR", help="base-images' cache (default: its own default for this user)")
-    p.add_argument("--image-gb", type=float, default=8, help="as root: size of the sparse ext4 image (default 8)")
-    p.add_argument("--dir", help="work here instead of on a loop-mounted ext4 image (its filesystem counts!)")
+    bench_pull.add_setup_options(p, image_gb=8, keep="keep the work directory (logs, registry storage)")
     p.add_argument("--timeout", type=float, default=900, help="seconds one build may take (default 900)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, registry storage)")
     a = p.parse_args(argv)
     a.tries = a.tries or (1 if a.quick else 3)
     if a.tries < 1:
@@ -429,10 +422,7 @@ def bench(a: argparse.Namespace) -> int:
         for c in contenders:
             kill_pause_processes(c.runtime_dir)
         rmtree(runroot_base)
-        if a.keep:
-            log(f"kept {top}")
-        else:
-            rmtree(top)
+        bench_pull.keep_or_remove(top, a.keep)
     return 0
 
 

@@ -836,14 +836,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"3 tries, busybox only, no {TEN}-container part")
     p.add_argument("--tries", type=int, help="timed tries after the warm-up; the median counts (default 10)")
-    p.add_argument("--json", metavar="FILE", help="write the raw numbers here")
-    p.add_argument("--user", default="tester", help="as root: run the contenders as this user (default tester)")
-    p.add_argument("--rootless", metavar="PATH", default=bench_pull.rootless_bin(),
-                   help="the rootless command (default: the venv's)")
-    p.add_argument("--cache-dir", metavar="DIR", help="base-images' cache (default: its own default for this user)")
-    p.add_argument("--image-gb", type=float, default=4, help="as root: size of the sparse ext4 image (default 4)")
-    p.add_argument("--dir", help="work here instead of on a loop-mounted ext4 image (its filesystem counts!)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    bench_pull.add_setup_options(p, image_gb=4, keep="keep the work directory")
     a = p.parse_args(argv)
     a.tries = a.tries or (3 if a.quick else 10)
     if a.tries < 1:
@@ -1031,10 +1024,7 @@ def measure_all(a: argparse.Namespace) -> int:
         sweep(marker, paths)
         kill_pause_processes(top / "xdg-podman")
         rmtree(runroot)
-        if a.keep:
-            log(f"kept {top}")
-        else:
-            rmtree(top)
+        bench_pull.keep_or_remove(top, a.keep)
     return 0
 
 
