@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
+import subprocess
+import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -91,3 +94,29 @@ def set_parent_death_signal(sig: int) -> None:
 
 def set_child_subreaper() -> None:
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def wait_pidfd(fd: int, timeout: float) -> bool:
+    """Whether the process behind pidfd FD has exited within TIMEOUT seconds (it may still need reaping)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if poller.poll(left * 1000):
+            return True
+
+
+def wait_child(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """PROC's exit status once it ends, or subprocess.TimeoutExpired after TIMEOUT seconds (PROC left
+    running).  Told by a pidfd the moment it exits: Popen.wait(timeout) polls with sleeps that grow
+    to 50 ms, which on a container's start path is most of a short helper's run."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        if not wait_pidfd(fd, timeout):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()

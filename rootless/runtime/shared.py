@@ -39,6 +39,8 @@ from . import linux
 from .containers import write_atomic
 from .idmap import IdMap
 
+#: How long fusefs may take to mount the image's layers.
+MOUNT_TIMEOUT = 120
 #: How often the watcher looks whether any container still uses the mount.
 WATCH_SECONDS = 10
 _WATCHER = ('while sleep "$3"; do '
@@ -116,8 +118,15 @@ def _mount(lowers: list[str], mapping: str, home: Path, mnt: str) -> None:
     log = home / "fusefs.log"
     cmd = [sys.executable, "-m", "fusefs", "-o", f"lowerdir={':'.join(lowers)},{mapping},allow_other", mnt]
     with open(log, "ab") as out:
-        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=120)
-    if done.returncode != 0:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        returncode = linux.wait_child(proc, MOUNT_TIMEOUT)   # it returns once the mount is ready
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise RootlessError(f"the image's shared mount was not ready within {MOUNT_TIMEOUT} s",
+                            f"see {log}") from None
+    if returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise RootlessError(f"the image's shared mount failed: {tail[0]}", f"see {log}")
     with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:

@@ -212,10 +212,10 @@ def test_publish_forwards_tcp_from_the_host(cli: Cli, images: dict[str, str], ba
         pid = daemon_pid(cli, cid)
     finally:
         ok(cli, "rm", "-f", cid)
-    assert gone(pid), f"the {backend} daemon outlived its container"
-    with socket.socket() as s:        # and the host port is free again
+    with socket.socket() as s:        # the host port is free again as soon as rm returns
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", port))
+    assert gone(pid), f"the {backend} daemon outlived its container"
 
 
 def receive_udp_inside(pid: int, port: int, timeout: float = 20) -> bytes:
