@@ -76,13 +76,18 @@ def for_record(record: dict[str, object]) -> IdMap:
 def write_maps(pid: int, ids: IdMap) -> None:
     """Give PID's new user namespace its id maps (called by the parent, outside that namespace)."""
     if ids.full and ids.subuids and ids.subgids:
-        for tool, own, rng in (("newuidmap", ids.uid, ids.subuids), ("newgidmap", ids.gid, ids.subgids)):
-            cmd = [tool, str(pid), "0", str(own), "1", "1", str(rng.start), str(rng.count)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RootlessError(f"{tool} failed: {done.stderr.strip() or 'exit ' + str(done.returncode)}",
-                                    f"check /etc/sub{'uid' if tool == 'newuidmap' else 'gid'} and that {tool} "
-                                    "is setuid root or has file capabilities (Debian package uidmap)")
+        # The two maps are independent: both helpers run at once (each is a setuid exec).
+        running = [(tool, subprocess.Popen([tool, str(pid), "0", str(own), "1", "1", str(rng.start), str(rng.count)],
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True))
+                   for tool, own, rng in (("newuidmap", ids.uid, ids.subuids), ("newgidmap", ids.gid, ids.subgids))]
+        errors = [(tool, proc.communicate()[1], proc.returncode) for tool, proc in running]
+        for tool, err, code in errors:
+            if code == 0:
+                continue
+            raise RootlessError(f"{tool} failed: {err.strip() or 'exit ' + str(code)}",
+                                f"check /etc/sub{'uid' if tool == 'newuidmap' else 'gid'} and that {tool} "
+                                "is setuid root or has file capabilities (Debian package uidmap)")
         return
     try:
         with open(f"/proc/{pid}/setgroups", "w") as f:
