@@ -62,6 +62,14 @@ class App:
             self._store = Store.open(self.config)
         return self._store
 
+    @property
+    def use_subids(self) -> bool:
+        """The config file's "subordinate-ids": false gives containers the user's own ids only."""
+        value = self.config.extra.get("subordinate-ids", True)
+        if not isinstance(value, bool):
+            raise RootlessError('config file: "subordinate-ids" must be true or false')
+        return value
+
 
 pass_app = click.make_pass_decorator(App)
 

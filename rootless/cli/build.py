@@ -46,7 +46,6 @@ def build(app: App, context: str, dockerfile: str | None, tags: tuple[str, ...],
     from ..image.local import check_tag, stage_dir
     from ..runtime.containers import Containers
     from ..runtime.idmap import detect
-    from .containers import _use_subids
     from .images import do_pull
 
     for tag in tags:
@@ -78,7 +77,7 @@ def build(app: App, context: str, dockerfile: str | None, tags: tuple[str, ...],
                 raise RootlessError(f"unable to prepare context: unable to evaluate symlinks in Dockerfile path: "
                                     f"lstat {path}: {(e.strerror or str(e)).lower()}",
                                     "give the Dockerfile with -f, or put one in the context") from None
-        use_subids = _use_subids(app)
+        use_subids = app.use_subids
         options = Options(tags=tags, build_args=_pairs(build_args, "--build-arg"), target=target,
                           no_cache=no_cache, labels=_pairs(labels, "--label"), quiet=quiet, use_subids=use_subids,
                           storage_driver=str(app.config.extra.get("storage-driver", "auto")),

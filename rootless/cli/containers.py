@@ -125,7 +125,7 @@ def run(app: App, image: str, args: tuple[str, ...], env: tuple[str, ...], env_f
         "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0,
                   "StartedAt": now(), "FinishedAt": "0001-01-01T00:00:00Z"},
         "Layers": list(record.layers),
-        "IdMap": {"Subids": _use_subids(app)},
+        "IdMap": {"Subids": app.use_subids},
         "Storage": _storage_driver(app),
         "Launch": {"Process": {"Args": list(process.args), "Env": list(process.env),
                                "Cwd": process.cwd, "User": process.user},
@@ -284,7 +284,7 @@ def _storage_driver(app: App) -> str:
     from ..runtime import idmap, shared
 
     driver = app.config.extra.get("storage-driver", "auto")
-    chosen = shared.choose(driver, idmap.detect(_use_subids(app)), app.config.store_dir)
+    chosen = shared.choose(driver, idmap.detect(app.use_subids), app.config.store_dir)
     if driver == "overlay" and chosen != "overlay":
         click.echo('WARNING: "storage-driver": "overlay" needs a subordinate id range; this container uses fusefs',
                    err=True)
@@ -298,14 +298,6 @@ def _shared_lower(app: App, container: Container, lowers: list[str], ids: Any) -
     if container.record.get("Storage") != "overlay" or host.runtime_mode() != host.USERNS:
         return None
     return shared.acquire(app.config.runtime_dir, lowers, ids)
-
-
-def _use_subids(app: App) -> bool:
-    """The config file's "subordinate-ids": false gives containers the user's own ids only."""
-    value = app.config.extra.get("subordinate-ids", True)
-    if not isinstance(value, bool):
-        raise RootlessError('config file: "subordinate-ids" must be true or false')
-    return value
 
 
 INIT_BINARIES = ("/usr/bin/tini-static", "/usr/libexec/podman/catatonit", "/usr/bin/catatonit")

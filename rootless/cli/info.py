@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..errors import RootlessError
 from ._app import App, main, pass_app
 from ._format import Template
 
@@ -27,7 +28,7 @@ TITLES = {key: title for _, checks in SECTIONS for key, title in checks}
 def gather(app: App) -> dict[str, Any]:
     """docker's ``info`` shape: CamelCase keys, the warnings as a list of lines."""
     from .. import warm
-    from ..runtime import host
+    from ..runtime import host, idmap, shared
     from ..runtime.containers import Containers, is_running
 
     root = str(app.config.data_dir)
@@ -42,6 +43,12 @@ def gather(app: App) -> dict[str, Any]:
     if mode.name == host.UNUSABLE:
         warnings.insert(0, f"containers cannot run here: {mode.reason}")
     idle = warm.idle_setting(app.config.extra.get("warm-start", True), os.environ)
+    configured = app.config.extra.get("storage-driver", "auto")
+    try:
+        driver, why = shared.decide(configured, idmap.detect(app.use_subids), app.config.store_dir, make=False)
+    except RootlessError as e:
+        driver, why = "none", e.message
+        warnings.append(f"Storage driver: {e.message}" + (f"\n         Hint: {e.hint}" if e.hint else ""))
     return {
         "Version": __version__,
         "Python": platform.python_version(),
@@ -49,7 +56,9 @@ def gather(app: App) -> dict[str, Any]:
         "Runtime": {"Mode": mode.name, "Reason": mode.reason, "Forced": forced},
         "WarmStart": {"IdleSeconds": idle, "Pid": warm.listening(idle) if idle else None},
         "RootDir": root,
-        "Driver": "fusefs",
+        "Driver": driver,
+        "DriverStatus": [["Configured", str(configured)], ["Why", why],
+                         ["Image mounts", str(len(shared.live_mounts(app.config.runtime_dir)))]],
         "Containers": len(containers),
         "ContainersRunning": running,
         "ContainersStopped": len(containers) - running,
@@ -84,6 +93,7 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f" Warm start: {_warm_line(doc['WarmStart'])}")
         if section == "Storage":
             lines += [f" Root Dir: {doc['RootDir']}", f" Driver: {doc['Driver']}"]
+            lines += [f"  {key}: {value}" for key, value in doc["DriverStatus"]]
         for key, title in entries:
             lines.append(f" {title}: {checks[key]['Detail']}")
         if section == "Storage":

@@ -141,29 +141,51 @@ DRIVERS = ("auto", "overlay", "fusefs")
 
 
 def choose(driver: object, ids: IdMap, store_dir: Path) -> str:
-    """The storage of a new container for the config's "storage-driver" DRIVER: "overlay" or
-    "fusefs".  overlay needs a full id map (the shared mount's owners are the namespace's) and,
-    for auto, the default, also a user namespace (not proot) and a kernel and store that take an
-    unprivileged overlayfs; overlay asked for outright is taken wherever the ids allow it."""
+    """The storage of a new container for the config's "storage-driver" DRIVER: "overlay" or "fusefs"."""
+    return decide(driver, ids, store_dir)[0]
+
+
+def decide(driver: object, ids: IdMap, store_dir: Path, make: bool = True) -> tuple[str, str]:
+    """choose(), and why (``rootless info`` says it).  overlay needs a full id map (the shared
+    mount's owners are the namespace's) and, for auto, the default, also a user namespace (not
+    proot) and a kernel and store that take an unprivileged overlayfs; overlay asked for
+    outright is taken wherever the ids allow it.  MAKE: see overlay_usable."""
     from . import host
 
     if driver not in DRIVERS:
         raise RootlessError(f'unknown "storage-driver" {driver!r} in the config file', "use " + ", ".join(DRIVERS))
-    if driver == "fusefs" or not ids.full:
-        return "fusefs"
+    if driver == "fusefs":
+        return "fusefs", '"storage-driver": "fusefs" in the config file'
+    if not ids.full:
+        return "fusefs", "containers get no subordinate id range, which the shared image mount needs"
     if driver == "overlay":
-        return "overlay"
-    return "overlay" if host.runtime_mode() == host.USERNS and overlay_usable(store_dir) else "fusefs"
+        return "overlay", '"storage-driver": "overlay" in the config file'
+    if host.runtime_mode() != host.USERNS:
+        return "fusefs", "containers run under proot here, without a user namespace to mount overlayfs in"
+    if not overlay_usable(store_dir, make):
+        return "fusefs", f"an unprivileged overlayfs with its upper layer in {store_dir} failed (tried once)"
+    return "overlay", "auto: kernel overlayfs over one shared fusefs mount of each image"
+
+
+def live_mounts(runtime_dir: Path) -> list[str]:
+    """The shared image mounts there are now (each serves the running containers of one image)."""
+    # a dead one (ENOTCONN) is not counted: the next acquire detaches it
+    return [str(mnt) for mnt in sorted((runtime_dir / "lowers").glob("*/mnt")) if os.path.ismount(mnt)]
 
 
 PROBE_FILE = "overlay-probe.json"
 
 
-def overlay_usable(store_dir: Path) -> bool:
+def overlay_usable(store_dir: Path, make: bool = True) -> bool:
     """Whether an unprivileged kernel overlayfs (``userxattr``) with its upper layer in STORE_DIR
     works here: tried once for real (a mount, a file, a whiteout) in a throwaway user namespace,
     and the answer kept in STORE_DIR per kernel and filesystem.  No: a kernel before 5.11, a
-    store on NFS or another file system without user xattrs, a seccomp or LSM policy."""
+    store on NFS or another file system without user xattrs, a seccomp or LSM policy.  Without
+    MAKE a store that does not exist yet is not made: the closest directory above it that does
+    is tried instead (the same file system, most likely), and nothing is kept."""
+    if not make and not store_dir.exists():
+        above = next(p for p in store_dir.parents if p.is_dir())
+        return _probe(above)
     store_dir.mkdir(parents=True, exist_ok=True)
     key = {"kernel": os.uname().release, "dev": os.stat(store_dir).st_dev}
     stamp = store_dir / PROBE_FILE

@@ -68,6 +68,7 @@ def test_where_user_namespaces_are_refused_info_names_why_and_picks_proot(tmp_pa
     assert "Hint: as root: sysctl -w user.max_user_namespaces=" in done.stderr
     doc = json.loads(info(Cli(tmp_path), "-f", "json", prefix=RESTRICT).stdout)
     assert doc["Runtime"]["Mode"] == "proot" and not doc["Checks"]["userns"]["Ok"]
+    assert doc["Driver"] == "fusefs"    # overlayfs is mounted in a user namespace; proot has none
 
 
 @pytest.mark.proot

@@ -127,6 +127,39 @@ def test_auto_takes_overlay_where_it_works_and_fusefs_is_still_there(cli: Cli, t
     assert root_fs_type(cli, fusefs).startswith("fuse")
 
 
+def info_storage(cli: Cli, config: Path) -> tuple[str, dict[str, str], list[str]]:
+    done = cli.proc("--config", str(config), "info", "-f", "json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    return doc["Driver"], dict(doc["DriverStatus"]), doc["Warnings"]
+
+
+def test_info_says_which_storage_the_next_container_gets_and_why(cli: Cli, tmp_path: Path) -> None:
+    configs = {"auto": {}, "fusefs": {"storage-driver": "fusefs"},
+               "noids": {"storage-driver": "overlay", "subordinate-ids": False}}
+    for name, settings in configs.items():
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps(settings))
+        driver, status, _ = info_storage(cli, config)
+        fs_type = root_fs_type(cli, config)
+        assert driver == ("overlay" if fs_type == "overlay" else "fusefs"), (name, fs_type)
+        assert status["Configured"] == settings.get("storage-driver", "auto")
+    assert "in the config file" in info_storage(cli, tmp_path / "fusefs.json")[1]["Why"]
+    assert "subordinate id range" in info_storage(cli, tmp_path / "noids.json")[1]["Why"]
+    # the image mounts there are now (one at least while a container of the image runs; earlier
+    # tests' may not have gone yet)
+    cid = ok(cli, "run", "-d", "--network", "none", "ovl", "sleep", "60").strip()
+    try:
+        shown = info_storage(cli, tmp_path / "auto.json")[1]["Image mounts"]
+        assert shown == str(len(shared_mounts(cli))) and int(shown) >= 1
+    finally:
+        ok(cli, "rm", "-f", cid)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"storage-driver": "zfs"}))
+    driver, _, warnings = info_storage(cli, bad)
+    assert driver == "none" and any('unknown "storage-driver" \'zfs\'' in w for w in warnings)
+
+
 def test_the_overlay_probe_is_kept_per_kernel_and_file_system(tmp_path: Path) -> None:
     from rootless.runtime import shared
 
