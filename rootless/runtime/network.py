@@ -9,13 +9,16 @@
 
 How a private network comes up, in launch.py's process tree:
 
-    init      unshares its net namespace, brings ``lo`` up, reports ``{"netns"}`` and waits
-              on a pipe (``Attachment.wait_attached``)
-    parent    (outside the user namespace, as the user) hears it and init's pid, runs the
-              daemon against /proc/PID (``Attachment.on_report``); the daemon joins init's user
-              and net namespaces, which the user owns, makes the tap device, binds the
-              published ports on the host; the parent then completes /etc/hosts with the
-              address the container got and lets init go on
+    helper    makes the container's user and net namespaces in one unshare and waits for
+              its id maps
+    parent    (outside the user namespace, as the user) writes the id maps, lets the helper
+              go on, and runs the daemon against /proc/HELPER (``Attachment.attach_to``):
+              the daemon joins those namespaces, which the user owns, makes the tap device
+              and binds the published ports on the host, while the helper mounts the root
+              and forks init, which inherits the namespace; the parent then completes
+              /etc/hosts with the address the container got and lets init go on
+    init      brings ``lo`` up, makes its mounts and waits on a pipe (``Attachment.wait_attached``)
+              before the exec
     helper    outlives init; once init has exited it stops the daemon (``teardown``)
 
 Neither daemon quits by itself when the namespace goes away: the parent tells the helper
@@ -511,7 +514,7 @@ class Attachment:
     gets there.  ``alive`` (helper -> slirp4netns' --exit-fd): only the helper, its middle
     process and init hold the write end, so slirp4netns quits when they are gone, even
     killed.  The children call ``forked()``, the parent ``parent_side()`` and then
-    ``on_report`` with every report line and the init pid known so far.
+    ``attach_to`` once the helper's namespaces have their id maps.
     """
 
     def __init__(self, plan: Plan) -> None:
@@ -519,8 +522,6 @@ class Attachment:
         self._go_r, self._go_w = os.pipe()
         self._daemon_r, self._daemon_w = os.pipe()
         self.alive_r, self._alive_w = os.pipe()
-        self._wanted = False
-        self._done = False
 
     def forked(self) -> None:
         """In the forked helper: the read ends stay, for init (go) and the helper itself (daemon)."""
@@ -533,15 +534,11 @@ class Attachment:
         os.close(self._daemon_r)
         os.close(self._alive_w)
 
-    def on_report(self, msg: Mapping[str, object], init_pid: int | None) -> str | None:
-        """Attach once init has its namespace and its pid is known; an error message if that failed."""
-        if "netns" in msg:
-            self._wanted = True
-        if not self._wanted or init_pid is None or self._done:
-            return None
-        self._done = True
+    def attach_to(self, pid: int) -> str | None:
+        """Attach the daemon to process PID's network namespace (the helper's: init's to be);
+        an error message if that failed.  Then init may go on."""
         try:
-            daemon, addresses = attach(self.plan, init_pid, self.alive_r)
+            daemon, addresses = attach(self.plan, pid, self.alive_r)
             os.write(self._daemon_w, json.dumps(asdict(daemon)).encode())
             if self.plan.hosts_file:
                 _write_file(self.plan.hosts_file, hosts_text(PRIVATE, self.plan.hostname, addresses,
