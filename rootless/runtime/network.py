@@ -11,12 +11,13 @@ How a private network comes up, in launch.py's process tree:
 
     helper    makes the container's user and net namespaces in one unshare and waits for
               its id maps
-    parent    (outside the user namespace, as the user) writes the id maps, lets the helper
-              go on, and runs the daemon against /proc/HELPER (``Attachment.attach_to``):
-              the daemon joins those namespaces, which the user owns, makes the tap device
-              and binds the published ports on the host, while the helper mounts the root
-              and forks init, which inherits the namespace; the parent then completes
-              /etc/hosts with the address the container got and lets init go on
+    parent    (outside the user namespace, as the user) starts the daemon against
+              /proc/HELPER (``Attachment.begin``), writes the id maps and lets the helper go
+              on: the daemon joins those namespaces, which the user owns, makes the tap
+              device and binds the published ports on the host, while the helper mounts the
+              root and forks init, which inherits the namespace; the parent then waits for it
+              (``Attachment.finish``), completes /etc/hosts with the address the container
+              got and lets init go on
     init      brings ``lo`` up, makes its mounts and waits on a pipe (``Attachment.wait_attached``)
               before the exec
     helper    outlives init; once init has exited it stops the daemon (``teardown``)
@@ -513,8 +514,8 @@ class Attachment:
     in memory, because ``rm -f`` may remove the container's directory before the helper
     gets there.  ``alive`` (helper -> slirp4netns' --exit-fd): only the helper, its middle
     process and init hold the write end, so slirp4netns quits when they are gone, even
-    killed.  The children call ``forked()``, the parent ``parent_side()`` and then
-    ``attach_to`` once the helper's namespaces have their id maps.
+    killed.  The children call ``forked()``, the parent ``parent_side()``, then ``begin``
+    once the helper has made its namespaces and ``finish`` once their id maps are written.
     """
 
     def __init__(self, plan: Plan) -> None:
@@ -522,6 +523,8 @@ class Attachment:
         self._go_r, self._go_w = os.pipe()
         self._daemon_r, self._daemon_w = os.pipe()
         self.alive_r, self._alive_w = os.pipe()
+        self._starting: Starting | None = None
+        self._problem: NetworkError | None = None
 
     def forked(self) -> None:
         """In the forked helper: the read ends stay, for init (go) and the helper itself (daemon)."""
@@ -534,11 +537,24 @@ class Attachment:
         os.close(self._daemon_r)
         os.close(self._alive_w)
 
-    def attach_to(self, pid: int) -> str | None:
-        """Attach the daemon to process PID's network namespace (the helper's: init's to be);
-        an error message if that failed.  Then init may go on."""
+    def begin(self, pid: int) -> None:
+        """Start the daemon on process PID's network namespace (the helper's: init's to be)."""
         try:
-            daemon, addresses = attach(self.plan, pid, self.alive_r)
+            self._starting = begin(self.plan, pid, self.alive_r)
+        except NetworkError as e:
+            self._problem = e
+
+    def finish(self, wanted: bool = True) -> str | None:
+        """Once the daemon has configured the namespace, let init go on; an error message if
+        that failed.  Not WANTED (the container failed to start otherwise): the daemon goes."""
+        try:
+            if self._problem is not None:
+                raise self._problem
+            assert self._starting is not None
+            if not wanted:
+                self._starting.abandon()
+                return None
+            daemon, addresses = self._starting.finish()
             os.write(self._daemon_w, json.dumps(asdict(daemon)).encode())
             if self.plan.hosts_file:
                 _write_file(self.plan.hosts_file, hosts_text(PRIVATE, self.plan.hostname, addresses,
@@ -582,20 +598,55 @@ class Attachment:
             return None
 
 
-def attach(plan: Plan, pid: int, alive: int | None = None) -> tuple[Daemon, Addresses]:
-    """Start PLAN's daemon on process PID's network namespace; return once the container's side is configured.
+def begin(plan: Plan, pid: int, alive: int | None = None) -> Starting:
+    """Start PLAN's daemon on process PID's network namespace; ``finish()`` waits until the
+    container's side is configured.  The daemon joins PID's user namespace, whose owner the
+    user is, even before its id maps are written: it may start as soon as the namespace exists.
 
     ALIVE, where given, is a pipe's read end that reaches EOF when the container is gone
     (slirp4netns then quits by itself; pasta has no such option).
     """
-    daemon = _attach_pasta(plan, pid) if plan.backend == PASTA else _attach_slirp4netns(plan, pid, alive)
-    try:
-        addresses = read_addresses(pid)
-        _save_state(plan.state_dir, daemon, plan, addresses)
-        return daemon, addresses
-    except BaseException:
+    return _PastaStart(plan, pid) if plan.backend == PASTA else _SlirpStart(plan, pid, alive)
+
+
+class Starting:
+    """A daemon started and not yet known to be ready."""
+
+    def __init__(self, plan: Plan, pid: int) -> None:
+        self.plan = plan
+        self.pid = pid
+        self.log_path = os.path.join(plan.state_dir, LOG_FILE)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _popen(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+        with open(self.log_path, "wb") as log:
+            try:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             pass_fds=pass_fds, start_new_session=True)
+            except OSError as e:
+                raise NetworkError(f"cannot run {self.plan.path}: {e.strerror}") from None
+
+    def finish(self) -> tuple[Daemon, Addresses]:
+        """Wait until the daemon has configured the namespace; its state is then saved."""
+        daemon = self._ready()
+        try:
+            addresses = read_addresses(self.pid)
+            _save_state(self.plan.state_dir, daemon, self.plan, addresses)
+            return daemon, addresses
+        except BaseException:
+            _stop(daemon)
+            raise
+
+    def abandon(self) -> None:
+        """The container will not run: the daemon goes, ready or not."""
+        try:
+            daemon = self._ready()
+        except NetworkError:
+            return
         _stop(daemon)
-        raise
+
+    def _ready(self) -> Daemon:
+        raise NotImplementedError
 
 
 def pasta_argv(plan: Plan, pid: int, pidfile: str) -> list[str]:
@@ -619,75 +670,87 @@ class Daemon:
     start_ticks: int | None
 
 
-def _attach_pasta(plan: Plan, pid: int) -> Daemon:
-    pidfile = os.path.join(plan.state_dir, "pasta.pid")
-    _unlink(pidfile)
-    log_path = os.path.join(plan.state_dir, LOG_FILE)
-    with open(log_path, "wb") as log:
+class _PastaStart(Starting):
+    """pasta configures the namespace, then forks into the background and exits: its exit
+    status says whether the network is ready."""
+
+    def __init__(self, plan: Plan, pid: int) -> None:
+        super().__init__(plan, pid)
+        self.pidfile = os.path.join(plan.state_dir, "pasta.pid")
+        _unlink(self.pidfile)
+        self._popen(pasta_argv(plan, pid, self.pidfile))
+        self._daemon: Daemon | None = None
+
+    def _ready(self) -> Daemon:
+        if self._daemon is not None:
+            return self._daemon
+        assert self.proc is not None
         try:
-            # pasta configures the namespace, then forks into the background and exits: its
-            # exit status says whether the network is ready.
-            proc = subprocess.Popen(pasta_argv(plan, pid, pidfile), stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=log, start_new_session=True)
-        except OSError as e:
-            raise NetworkError(f"cannot run {plan.path}: {e.strerror}") from None
-    try:
-        returncode = linux.wait_child(proc, START_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise NetworkError(f"pasta did not set up the network within {START_TIMEOUT:.0f} s",
-                           f"see {log_path}") from None
-    if returncode != 0:
-        raise NetworkError(f"pasta failed to set up the container's network: {_log_tail(log_path)}",
-                           f"see {log_path}")
-    try:
-        with open(pidfile) as f:
-            daemon_pid = int(f.read().strip())
-    except (OSError, ValueError):
-        raise NetworkError("pasta did not write its pid file", f"see {log_path}") from None
-    return Daemon(daemon_pid, _start_ticks(daemon_pid))
+            returncode = linux.wait_child(self.proc, START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise NetworkError(f"pasta did not set up the network within {START_TIMEOUT:.0f} s",
+                               f"see {self.log_path}") from None
+        if returncode != 0:
+            raise NetworkError(f"pasta failed to set up the container's network: {_log_tail(self.log_path)}",
+                               f"see {self.log_path}")
+        try:
+            with open(self.pidfile) as f:
+                daemon_pid = int(f.read().strip())
+        except (OSError, ValueError):
+            raise NetworkError("pasta did not write its pid file", f"see {self.log_path}") from None
+        self._daemon = Daemon(daemon_pid, _start_ticks(daemon_pid))
+        return self._daemon
 
 
-def _attach_slirp4netns(plan: Plan, pid: int, alive: int | None) -> Daemon:
-    log_path = os.path.join(plan.state_dir, LOG_FILE)
-    # The API socket's path must fit sockaddr_un (108 bytes): a short private directory.
-    api_dir = tempfile.mkdtemp(prefix="rootless-net-")
-    api = os.path.join(api_dir, "api.sock")
-    ready_r, ready_w = os.pipe()
-    argv = [plan.path, "--configure", f"--mtu={MTU}", f"--ready-fd={ready_w}", f"--api-socket={api}"]
-    if not plan.host_loopback:
-        argv.append("--disable-host-loopback")
-    if alive is not None:
-        argv.append(f"--exit-fd={alive}")
-    argv += [str(pid), "tap0"]
-    try:
-        with open(log_path, "wb") as log:
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                        pass_fds=(ready_w,) if alive is None else (ready_w, alive),
-                                        start_new_session=True)
-            except OSError as e:
-                raise NetworkError(f"cannot run {plan.path}: {e.strerror}") from None
-        os.close(ready_w)
-        ready_w = -1
-        daemon = Daemon(proc.pid, _start_ticks(proc.pid))
+class _SlirpStart(Starting):
+    """slirp4netns says on --ready-fd that the namespace is configured; the published ports are
+    then added through its API socket."""
+
+    def __init__(self, plan: Plan, pid: int, alive: int | None) -> None:
+        super().__init__(plan, pid)
+        # The API socket's path must fit sockaddr_un (108 bytes): a short private directory.
+        self.api_dir = tempfile.mkdtemp(prefix="rootless-net-")
+        self.ready_r, ready_w = os.pipe()
+        argv = [plan.path, "--configure", f"--mtu={MTU}", f"--ready-fd={ready_w}",
+                f"--api-socket={self.api_dir}/api.sock"]
+        if not plan.host_loopback:
+            argv.append("--disable-host-loopback")
+        if alive is not None:
+            argv.append(f"--exit-fd={alive}")
         try:
-            readable, _, _ = select.select([ready_r], [], [], START_TIMEOUT)
-            if not readable or os.read(ready_r, 1) != b"1":
-                raise NetworkError(f"slirp4netns failed to set up the container's network: {_log_tail(log_path)}",
-                                   f"see {log_path}")
-            for p in plan.ports:
-                _slirp_forward(api, p, plan.endpoint)
+            self._popen(argv + [str(pid), "tap0"], (ready_w,) if alive is None else (ready_w, alive))
         except BaseException:
-            _stop(daemon)
+            self._close()
             raise
-        return daemon
-    finally:
-        os.close(ready_r)
-        if ready_w >= 0:
+        finally:
             os.close(ready_w)
-        shutil.rmtree(api_dir, ignore_errors=True)   # the forwards are made; nothing more is asked of it
+        assert self.proc is not None
+        self.daemon = Daemon(self.proc.pid, _start_ticks(self.proc.pid))
+
+    def _ready(self) -> Daemon:
+        if self.ready_r < 0:
+            return self.daemon
+        try:
+            readable, _, _ = select.select([self.ready_r], [], [], START_TIMEOUT)
+            if not readable or os.read(self.ready_r, 1) != b"1":
+                raise NetworkError(f"slirp4netns failed to set up the container's network: "
+                                   f"{_log_tail(self.log_path)}", f"see {self.log_path}")
+            for p in self.plan.ports:
+                _slirp_forward(f"{self.api_dir}/api.sock", p, self.plan.endpoint)
+        except BaseException:
+            _stop(self.daemon)
+            raise
+        finally:
+            self._close()
+        return self.daemon
+
+    def _close(self) -> None:
+        if self.ready_r >= 0:
+            os.close(self.ready_r)
+            self.ready_r = -1
+        shutil.rmtree(self.api_dir, ignore_errors=True)   # the forwards are made; nothing more is asked of it
 
 
 def _slirp_forward(api: str, p: Port, endpoint: str) -> None:

@@ -348,3 +348,35 @@ def test_restart_publishes_the_same_port_again(cli: Cli, images: dict[str, str])
         assert fetch(port) == PAGE
     finally:
         ok(cli, "rm", "-f", cid)
+
+
+def test_a_daemon_started_for_a_container_that_fails_to_start_goes_too(backend: str, tmp_path: Path) -> None:
+    """The parent starts the daemon as soon as the helper has made its namespaces, before the id
+    maps; when the start fails after that (the maps, say), the daemon is stopped, ready or not."""
+    made_r, made_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNET)   # as the helper does
+            os.write(made_w, b"u")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(made_w)
+    try:
+        assert os.read(made_r, 1) == b"u"
+        path = {b.name: b for b in network.available_backends()}[backend].path
+        assert path is not None
+        link = network.Attachment(network.Plan(backend, path, (), str(tmp_path)))
+        link.begin(child)
+        daemons = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                   if pid != child and str(child).encode() in open(f"/proc/{pid}/cmdline", "rb").read()]
+        assert daemons, "no daemon was started"
+        assert link.finish(wanted=False) is None
+        for pid in daemons:
+            assert gone(pid, timeout=5), f"the {backend} daemon {pid} outlived the failed start"
+        assert not (tmp_path / network.STATE_FILE).exists()
+    finally:
+        os.close(made_r)
+        os.kill(child, 9)
+        os.waitpid(child, 0)
