@@ -15,6 +15,7 @@ import os
 import random
 import re
 import secrets
+import stat
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -150,7 +151,7 @@ class Containers:
                 os.rename(container.dir, trash)
             except FileNotFoundError:
                 return
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(str(trash))   # directories the container closed included
 
 
 def _random_name(taken: set[str]) -> str:
@@ -179,7 +180,31 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_tree(path: str) -> None:
+    """rm -rf PATH, whose directories may be closed to their owner: the kernel leaves an
+    overlayfs' work/work with mode 0, and an image may ship a directory without u+wx.  Each
+    is opened up before it is entered (in-process: a chmod -R was two process starts on every
+    --rm run)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
+            os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
+    except OSError:
+        return
+    for top, dirs, _ in os.walk(path, onerror=lambda e: None):
+        for name in dirs:
+            sub = os.path.join(top, name)
+            try:
+                st = os.lstat(sub)
+                if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
+                    os.chmod(sub, stat.S_IMODE(st.st_mode) | 0o700)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
 # -- state: running or not, across engine exits and reboots ---------------------------------------
+
 
 def boot_id() -> str:
     try:

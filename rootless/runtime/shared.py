@@ -27,7 +27,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from ..errors import RootlessError
 from . import linux
-from .containers import write_atomic
+from .containers import remove_tree, write_atomic
 from .idmap import IdMap
 
 #: How long fusefs may take to mount the image's layers.
@@ -229,9 +228,7 @@ def _probe(store_dir: Path) -> bool:
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status) == 0
     finally:
-        # The kernel leaves work/work with mode 0: opened up first, top down.
-        subprocess.run(["chmod", "-R", "u+rwX", str(scratch)], capture_output=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(str(scratch))
 
 
 def empty_writable_layer(upper: str, work: str, ids: IdMap) -> None:
@@ -242,8 +239,7 @@ def empty_writable_layer(upper: str, work: str, ids: IdMap) -> None:
 
     def child() -> None:
         for path in (upper, work):
-            subprocess.run(["chmod", "-R", "u+rwX", path], capture_output=True)   # overlayfs' work/work is 0000
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
     child()
     if not (os.path.exists(upper) or os.path.exists(work)):

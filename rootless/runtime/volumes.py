@@ -107,26 +107,19 @@ class Volumes:
 
     def remove(self, name: str) -> None:
         self.get(name)
-        _rmtree(self.root / name)
+        _remove_tree(self.root / name)
+
+
+def _remove_tree(path: Path) -> None:
+    from .containers import remove_tree
+
+    remove_tree(str(path))
 
 
 def _now() -> str:
     from .containers import now
 
     return now()
-
-
-def _rmtree(path: Path) -> None:
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        # Files the container made read-only, or left in read-only directories.
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 # -- docker's flag syntax -------------------------------------------------------------------------------
