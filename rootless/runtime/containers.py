@@ -185,21 +185,18 @@ def remove_tree(path: str) -> None:
     overlayfs' work/work with mode 0, and an image may ship a directory without u+wx.  Each
     is opened up before it is entered (in-process: a chmod -R was two process starts on every
     --rm run)."""
-    try:
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
-            os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
-    except OSError:
-        return
+    def open_up(directory: str) -> None:
+        try:
+            st = os.lstat(directory)
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:   # never through a symlink
+                os.chmod(directory, stat.S_IMODE(st.st_mode) | 0o700)
+        except OSError:
+            pass
+
+    open_up(path)
     for top, dirs, _ in os.walk(path, onerror=lambda e: None):
         for name in dirs:
-            sub = os.path.join(top, name)
-            try:
-                st = os.lstat(sub)
-                if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
-                    os.chmod(sub, stat.S_IMODE(st.st_mode) | 0o700)
-            except OSError:
-                pass
+            open_up(os.path.join(top, name))
     shutil.rmtree(path, ignore_errors=True)
 
 
