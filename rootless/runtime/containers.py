@@ -15,8 +15,8 @@ import os
 import random
 import re
 import secrets
-import stat
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -201,7 +201,6 @@ def remove_tree(path: str) -> None:
 
 
 # -- state: running or not, across engine exits and reboots ---------------------------------------
-
 
 def boot_id() -> str:
     try:

@@ -1,4 +1,5 @@
-"""The Linux system calls Python 3.11's os module lacks: unshare, setns, mount, pivot_root, sethostname.
+"""The Linux system calls Python 3.11's os module lacks: unshare, setns, mount, pivot_root, sethostname;
+and waiting for a process on a pidfd.
 
 One seam for the runtime's kernel calls; each raises OSError with the errno and what was tried.
 """
