@@ -129,8 +129,12 @@ def daemon_pid(cli: Cli, name: str) -> int:
 def gone(pid: int, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z":
-            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z":
+                    return True
+        except OSError:
+            return True    # gone (also between a look and the read)
         time.sleep(0.05)
     return False
 
@@ -350,6 +354,15 @@ def test_restart_publishes_the_same_port_again(cli: Cli, images: dict[str, str])
         ok(cli, "rm", "-f", cid)
 
 
+def cmdline(pid: int) -> bytes:
+    """PID's command line, or b"" for a process gone since /proc was listed."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def test_a_daemon_started_for_a_container_that_fails_to_start_goes_too(backend: str, tmp_path: Path) -> None:
     """The parent starts the daemon as soon as the helper has made its namespaces, before the id
     maps; when the start fails after that (the maps, say), the daemon is stopped, ready or not."""
@@ -370,7 +383,7 @@ def test_a_daemon_started_for_a_container_that_fails_to_start_goes_too(backend: 
         link = network.Attachment(network.Plan(backend, path, (), str(tmp_path)))
         link.begin(child)
         daemons = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                   if pid != child and str(child).encode() in open(f"/proc/{pid}/cmdline", "rb").read()]
+                   if pid != child and str(child).encode() in cmdline(pid)]
         assert daemons, "no daemon was started"
         assert link.finish(wanted=False) is None
         for pid in daemons:
