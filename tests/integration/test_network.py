@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -354,6 +354,15 @@ def test_restart_publishes_the_same_port_again(cli: Cli, images: dict[str, str])
         ok(cli, "rm", "-f", cid)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def cmdline(pid: int) -> bytes:
     """PID's command line, or b"" for a process gone since /proc was listed."""
     try:
@@ -382,12 +391,15 @@ def test_a_daemon_started_for_a_container_that_fails_to_start_goes_too(backend: 
         assert path is not None
         link = network.Attachment(network.Plan(backend, path, (), str(tmp_path)))
         link.begin(child)
-        daemons = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                   if pid != child and str(child).encode() in cmdline(pid)]
-        assert daemons, "no daemon was started"
+
+        def daemons() -> list[int]:
+            return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                    if pid != child and str(child).encode() in cmdline(pid)]
+
+        # pasta execs twice and forks into the background: look until one of its processes shows
+        assert wait_until(lambda: bool(daemons()), 5), "no daemon was started"
         assert link.finish(wanted=False) is None
-        for pid in daemons:
-            assert gone(pid, timeout=5), f"the {backend} daemon {pid} outlived the failed start"
+        assert wait_until(lambda: not daemons(), 5), f"the {backend} daemon outlived the failed start: {daemons()}"
         assert not (tmp_path / network.STATE_FILE).exists()
     finally:
         os.close(made_r)
