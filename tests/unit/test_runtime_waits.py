@@ -14,12 +14,11 @@ import pytest
 from rootless.runtime import linux, network
 
 
-def test_wait_child_returns_the_status_as_soon_as_the_child_ends() -> None:
+def test_wait_child_returns_the_childs_status() -> None:
+    # (how soon it notices, against Popen.wait's sleeps, is bench-run's business)
     proc = subprocess.Popen(["sh", "-c", "sleep 0.2; exit 3"])
-    started = time.monotonic()
     assert linux.wait_child(proc, 10) == 3
-    # Popen.wait(timeout) sleeps up to 50 ms between looks; a pidfd wakes at the exit
-    assert time.monotonic() - started < 0.2 + 0.045
+    assert proc.returncode == 3
 
 
 def test_wait_child_gives_up_after_its_timeout_and_leaves_the_child_alone() -> None:
@@ -71,17 +70,16 @@ def test_stop_escalates_to_sigkill_for_a_daemon_that_ignores_sigterm() -> None:
     time.sleep(0.1)   # the trap is set
     started = time.monotonic()
     network._stop(daemon_of(proc))
-    assert 1.0 <= time.monotonic() - started < 3.0    # a second's grace, then SIGKILL
+    assert time.monotonic() - started >= 1.0    # a second's grace, then SIGKILL
     assert reaped(proc.pid)
 
 
 def test_stop_without_waiting_only_signals() -> None:
-    proc = subprocess.Popen(["sh", "-c", "trap 'sleep 0.3; exit 7' TERM; while :; do sleep 0.05; done"])
+    proc = subprocess.Popen(["sh", "-c", "trap 'sleep 2; exit 7' TERM; while :; do sleep 0.05; done"])
     time.sleep(0.1)
-    started = time.monotonic()
     network._stop(daemon_of(proc), wait=False)
-    assert time.monotonic() - started < 0.2
-    assert proc.wait(5) == 7     # it had the signal, and ended on its own time
+    assert proc.poll() is None   # still in its trap: _stop did not wait for it
+    assert proc.wait(10) == 7    # it had the signal, and ended on its own time
 
 
 def test_stop_leaves_a_process_that_reuses_the_pid_alone() -> None:
