@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from capabilities import verdict
+from polling import wait_for
 from registry import Registry
 from runcli import Cli
 from testimages import busybox_rootfs, make_image, push_all
@@ -127,16 +128,14 @@ def daemon_pid(cli: Cli, name: str) -> int:
 
 
 def gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def exited() -> bool:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1][0] == "Z":
-                    return True
+                return f.read().split(") ")[1][0] == "Z"
         except OSError:
             return True    # gone (also between a look and the read)
-        time.sleep(0.05)
-    return False
+
+    return wait_for(exited, timeout)
 
 
 # -- the modes ----------------------------------------------------------------------------------
@@ -354,15 +353,6 @@ def test_restart_publishes_the_same_port_again(cli: Cli, images: dict[str, str])
         ok(cli, "rm", "-f", cid)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def cmdline(pid: int) -> bytes:
     """PID's command line, or b"" for a process gone since /proc was listed."""
     try:
@@ -397,9 +387,9 @@ def test_a_daemon_started_for_a_container_that_fails_to_start_goes_too(backend: 
                     if pid != child and str(child).encode() in cmdline(pid)]
 
         # pasta execs twice and forks into the background: look until one of its processes shows
-        assert wait_until(lambda: bool(daemons()), 5), "no daemon was started"
+        assert wait_for(lambda: bool(daemons()), 5), "no daemon was started"
         assert link.finish(wanted=False) is None
-        assert wait_until(lambda: not daemons(), 5), f"the {backend} daemon outlived the failed start: {daemons()}"
+        assert wait_for(lambda: not daemons(), 5), f"the {backend} daemon outlived the failed start: {daemons()}"
         assert not (tmp_path / network.STATE_FILE).exists()
     finally:
         os.close(made_r)

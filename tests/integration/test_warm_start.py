@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from polling import wait_for
 from registry import Registry
 from runcli import Cli
 from testimages import busybox_rootfs, make_image, push_all
@@ -56,15 +57,6 @@ def servers(idle: float) -> list[int]:
         if b"rootless.warm" in argv and name.encode() in argv:
             found[int(entry.name)] = ppid
     return sorted(pid for pid, ppid in found.items() if ppid not in found)
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
